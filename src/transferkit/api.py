@@ -1,0 +1,219 @@
+"""The Python API; the CLI is a thin layer over these functions."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .config import FitConfig
+from .data.dataset import TaskData, load_data, split_data
+from .metrics import primary_metric
+from .model import TransferModel
+from .strategies import get_strategy
+
+DataArg = "str | Path | TaskData"
+
+
+@dataclass
+class FitResult:
+    model: TransferModel
+    metrics: dict[str, dict[str, Any]]  # split name -> metrics
+    seconds: float
+    run_dir: Path | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _as_data(data, loader_kw: dict[str, Any], label_names: list[str] | None = None) -> TaskData:
+    if isinstance(data, TaskData):
+        return data
+    return load_data(data, label_names=label_names, **loader_kw)
+
+
+def prepare_splits(
+    data, val_data=None, test_data=None, cfg: FitConfig | None = None, **loader_kw: Any
+) -> tuple[TaskData, TaskData | None, TaskData | None]:
+    """Load data; split it stratified with ``cfg.split_seed`` where val/test sets are not given."""
+    cfg = cfg or FitConfig()
+    full = _as_data(data, loader_kw)
+    names = full.label_names if full.task != "regression" else None
+    val = _as_data(val_data, loader_kw, names) if val_data is not None else None
+    test = _as_data(test_data, loader_kw, names) if test_data is not None else None
+    val_frac = 0.0 if val is not None else cfg.val_fraction
+    test_frac = 0.0 if test is not None else cfg.test_fraction
+    if val_frac or test_frac:
+        train, v, t = split_data(full, val=val_frac, test=test_frac, seed=cfg.split_seed)
+        val = val if val is not None else v
+        test = test if test is not None else t
+    else:
+        train = full
+    return train, (val if val is not None and len(val) else None), (test if test is not None and len(test) else None)
+
+
+def fit(
+    data,
+    *,
+    val_data=None,
+    test_data=None,
+    out: str | Path | None = None,
+    config: FitConfig | None = None,
+    progress: bool = True,
+    loader: dict[str, Any] | None = None,
+    splits: tuple[TaskData, TaskData | None, TaskData | None] | None = None,
+    **overrides: Any,
+) -> FitResult:
+    """Train a transferred model.
+
+    ``data``: an image folder, a CSV/TSV/JSONL manifest or a ``TaskData``; split stratified into
+    train/val/test unless ``val_data``/``test_data`` are given. ``overrides`` are ``FitConfig`` fields
+    (``backbone="minilm"``, ``strategy="linear-probe"``, ``epochs=5``...). With ``out``, the run folder
+    gets ``metrics.jsonl``, ``report.json`` and the model under ``out/model``.
+    """
+    cfg = (config or FitConfig()).replace(**overrides) if overrides else (config or FitConfig())
+    strategy = get_strategy(cfg.strategy)  # unknown names fail before any work
+    train, val, test = splits or prepare_splits(data, val_data, test_data, cfg, **(loader or {}))
+    run_dir = Path(out) if out is not None else None
+    t0 = time.perf_counter()
+    model = strategy.fit(train, val, cfg, run_dir=run_dir, progress=progress)
+    seconds = time.perf_counter() - t0
+    metrics: dict[str, dict[str, Any]] = {}
+    for name, part in (("val", val), ("test", test)):
+        if part is not None:
+            metrics[name] = model.evaluate(part, batch_size=cfg.eval_batch_size, device=cfg.device)
+    model.info.update({
+        "metrics": metrics,
+        "fit_config": cfg.to_dict(),
+        "train_seconds": round(seconds, 2),
+        "data": {"source": train.source, "n_train": len(train), "n_val": len(val or []), "n_test": len(test or [])},
+    })
+    history = model.info.get("history", [])
+    if run_dir is not None:
+        from ._io import atomic_write_json
+
+        model.save(run_dir / "model")
+        atomic_write_json(run_dir / "report.json", {k: v for k, v in model.info.items() if k != "history"})
+    return FitResult(model, metrics, seconds, run_dir, history)
+
+
+def evaluate(model: TransferModel | str | Path, data, batch_size: int = 64, device: str = "auto", **loader_kw: Any) -> dict[str, Any]:
+    """Metrics of a model (or saved model folder) on labelled data, labels mapped by name."""
+    if not isinstance(model, TransferModel):
+        model = load_model_dir(model)
+    loaded = _as_data(data, {"task": model.task, **loader_kw}, model.label_names if model.task != "regression" else None)
+    return model.evaluate(loaded, batch_size=batch_size, device=device)
+
+
+def load_model_dir(path: str | Path) -> TransferModel:
+    """Load ``path`` or, for a run folder, ``path/model``."""
+    path = Path(path)
+    if (path / "model" / "config.json").is_file():
+        path = path / "model"
+    return TransferModel.load(path)
+
+
+@dataclass
+class CompareRow:
+    strategy: str
+    scores: list[float]
+    macro_f1: list[float]
+    seconds: list[float]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.scores))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.scores, ddof=1)) if len(self.scores) > 1 else 0.0
+
+
+@dataclass
+class Comparison:
+    rows: list[CompareRow]
+    metric: str
+    baseline: str
+    n_test: int
+    models: dict[str, TransferModel] = field(default_factory=dict)  # best seed per strategy
+
+    def gain(self, strategy: str) -> float:
+        return self.row(strategy).mean - self.row(self.baseline).mean
+
+    def noise(self, strategy: str) -> float:
+        """Seed noise of the difference; with one seed, the binomial standard error of accuracy."""
+        a, b = self.row(strategy), self.row(self.baseline)
+        if len(a.scores) > 1 and len(b.scores) > 1:
+            return math.sqrt(a.std**2 / len(a.scores) + b.std**2 / len(b.scores))
+        se = lambda p: math.sqrt(max(p * (1 - p), 1e-12) / max(1, self.n_test))  # noqa: E731
+        return math.sqrt(se(a.mean) ** 2 + se(b.mean) ** 2)
+
+    def negative_transfer(self, strategy: str) -> bool:
+        """True when the pretrained strategy is not better than scratch beyond twice the noise."""
+        return self.gain(strategy) <= 2 * self.noise(strategy)
+
+    def row(self, strategy: str) -> CompareRow:
+        return next(r for r in self.rows if r.strategy == strategy)
+
+    def best(self) -> str:
+        return max((r for r in self.rows), key=lambda r: r.mean).strategy
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"metric": self.metric, "baseline": self.baseline, "n_test": self.n_test, "rows": []}
+        for r in self.rows:
+            row = {"strategy": r.strategy, "mean": r.mean, "std": r.std, "scores": r.scores, "macro_f1": float(np.mean(r.macro_f1)), "seconds": float(np.mean(r.seconds))}
+            if r.strategy != self.baseline:
+                row.update(gain=self.gain(r.strategy), noise=self.noise(r.strategy), negative_transfer=self.negative_transfer(r.strategy))
+            out["rows"].append(row)
+        return out
+
+
+def compare(
+    data,
+    *,
+    strategies: Sequence[str] = ("finetune",),
+    baseline: str = "scratch",
+    seeds: int = 1,
+    val_data=None,
+    test_data=None,
+    config: FitConfig | None = None,
+    strategy_overrides: dict[str, dict[str, Any]] | None = None,
+    progress: bool = True,
+    loader: dict[str, Any] | None = None,
+    on_result=None,
+    splits: tuple[TaskData, TaskData | None, TaskData | None] | None = None,
+    **overrides: Any,
+) -> Comparison:
+    """Train each strategy and the scratch baseline on the same split, over ``seeds`` seeds, and
+    report the transfer gain on the test set (flagging negative transfer)."""
+    cfg = (config or FitConfig()).replace(**overrides) if overrides else (config or FitConfig())
+    names = list(dict.fromkeys([*strategies, baseline]))
+    for n in names:
+        get_strategy(n)
+    train, val, test = splits or prepare_splits(data, val_data, test_data, cfg, **(loader or {}))
+    evaluated = test if test is not None else val
+    if evaluated is None:
+        from .errors import DataError
+
+        raise DataError("compare needs a test or validation set.", "pass --test-data or keep --test-fraction above 0.")
+    metric, higher = primary_metric(train.task)
+    rows, models = [], {}
+    for name in names:
+        row = CompareRow(name, [], [], [])
+        best = None
+        for s in range(seeds):
+            scfg = cfg.replace(strategy=name, seed=cfg.seed + s, **(strategy_overrides or {}).get(name, {}))
+            res = fit(None, config=scfg, splits=(train, val, test), progress=progress)
+            m = res.metrics["test" if test is not None else "val"]
+            row.scores.append(m[metric])
+            row.macro_f1.append(m.get("macro_f1", float("nan")))
+            row.seconds.append(res.seconds)
+            if best is None or (m[metric] > best[0] if higher else m[metric] < best[0]):
+                best = (m[metric], res.model)
+            if on_result is not None:
+                on_result(name, s, res)
+        models[name] = best[1]
+        rows.append(row)
+    return Comparison(rows, metric, baseline, len(evaluated), models)

@@ -1,0 +1,103 @@
+"""The one backbone interface every modality implements.
+
+A backbone gives pooled features for a batch, their dimension, its layer groups ordered from
+input to output (for freezing, per-group learning rates and layer selection) and the
+preprocessing that belongs to its weights.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ImagePreprocess:
+    """How raw images become the tensors the weights were trained on (from timm's pretrained cfg)."""
+
+    input_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    @property
+    def resize_size(self) -> int:
+        """Side of the stored (decoded once) square image; the centre crop is ``input_size``."""
+        return int(round(self.input_size / self.crop_pct))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "image", **asdict(self)}
+
+
+@dataclass(frozen=True)
+class TextPreprocess:
+    """Tokeniser settings that travel with a text backbone."""
+
+    max_length: int = 128
+    pooling: str = "mean"  # "mean" over non-padding tokens, or "cls"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "text", **asdict(self)}
+
+
+def preprocess_from_dict(d: dict[str, Any]) -> ImagePreprocess | TextPreprocess:
+    d = dict(d)
+    kind = d.pop("kind")
+    cls = ImagePreprocess if kind == "image" else TextPreprocess
+    known = {f.name for f in fields(cls)}
+    kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+    return cls(**kwargs)
+
+
+class Backbone(nn.Module):
+    """Base class: subclasses set ``modality``, ``num_features``, ``preprocess``."""
+
+    modality: ClassVar[str]
+    source: ClassVar[str]
+    num_features: int
+    preprocess: ImagePreprocess | TextPreprocess
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def forward(self, batch: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def layer_groups(self) -> list[list[str]]:
+        """Parameter names grouped by layer, ordered input -> output. Every parameter is in one group."""
+        raise NotImplementedError
+
+    # --- persistence: a saved model rebuilds the architecture from this recipe, then loads weights
+    def recipe(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def save_assets(self, folder: Path) -> None:
+        """Write files the architecture needs to be rebuilt offline (tokeniser, config)."""
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any], folder: Path) -> "Backbone":
+        raise NotImplementedError
+
+
+def group_by_patterns(names: list[str], first: str, index: str) -> list[list[str]]:
+    """Group parameter names: ``first`` regex -> group 0, ``index`` regex with one number -> 1 + n,
+    everything else -> a final group. Empty groups are dropped; order is input -> output."""
+    first_re, index_re = re.compile(first), re.compile(index)
+    buckets: dict[int, list[str]] = {}
+    last = 10**9
+    for n in names:
+        if first_re.search(n):
+            key = 0
+        elif m := index_re.search(n):
+            key = 1 + int(m.group(1))
+        else:
+            key = last
+        buckets.setdefault(key, []).append(n)
+    return [buckets[k] for k in sorted(buckets)]

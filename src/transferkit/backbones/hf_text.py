@@ -1,0 +1,112 @@
+"""Text backbones through Hugging Face transformers: hub names when online, local folders offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, ModelLoadError
+from .base import Backbone, TextPreprocess, group_by_patterns, preprocess_from_dict
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+class HFTextBackbone(Backbone):
+    modality = "text"
+    source = "hf"
+
+    def __init__(
+        self,
+        name_or_path: str | Path,
+        *,
+        pretrained: bool = True,
+        pooling: str = "mean",
+        max_length: int | None = None,
+        name: str | None = None,
+        _config=None,
+        _tokenizer=None,
+    ):
+        super().__init__(name or f"hf/{name_or_path}")
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        _quiet_transformers()
+        if pooling not in ("mean", "cls"):
+            raise ConfigError(f"Unknown pooling {pooling!r}.", "use --pooling mean or --pooling cls.")
+        local = Path(name_or_path).is_dir()
+        try:
+            config = _config or AutoConfig.from_pretrained(str(name_or_path), local_files_only=local)
+            self.tokenizer = _tokenizer or AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=local)
+            if pretrained:
+                model, info = AutoModel.from_pretrained(
+                    str(name_or_path), config=config, output_loading_info=True, local_files_only=local
+                )
+                missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
+                if missing:
+                    raise ModelLoadError(
+                        f"Weights in {name_or_path} miss {len(missing)} tensors (e.g. {missing[:2]}).",
+                        "use a complete model folder.",
+                    )
+            else:
+                model = AutoModel.from_config(config)
+        except (ConfigError, ModelLoadError):
+            raise
+        except Exception as e:
+            where = "folder" if local else "hub name"
+            raise ConfigError(
+                f"Could not load text model {name_or_path!r} ({where}; {type(e).__name__}).",
+                "offline, pass a local Hugging Face folder (config.json, tokenizer, model.safetensors) "
+                "or use the offline model 'minilm'.",
+            ) from None
+        self.model = model
+        self.num_features = int(config.hidden_size)
+        limit = min(int(getattr(self.tokenizer, "model_max_length", 512) or 512), 512)
+        limit = min(limit, int(getattr(config, "max_position_embeddings", 512)))
+        self.preprocess = TextPreprocess(max_length=int(max_length or min(limit, 128)), pooling=pooling)
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(
+            list(texts),
+            padding=True,
+            truncation=True,
+            max_length=self.preprocess.max_length,
+            return_tensors="pt",
+        )
+        return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model(**batch).last_hidden_state
+        if self.preprocess.pooling == "cls":
+            return out[:, 0]
+        mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
+        return (out * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def layer_groups(self) -> list[list[str]]:
+        names = [n for n, _ in self.named_parameters()]
+        return group_by_patterns(names, r"\.embeddings\.", r"\.layers?\.(\d+)\.")
+
+    def recipe(self) -> dict[str, Any]:
+        return {"type": "hf", "name": self.name, "preprocess": self.preprocess.to_dict()}
+
+    def save_assets(self, folder: Path) -> None:
+        target = folder / "backbone"
+        target.mkdir(parents=True, exist_ok=True)
+        self.model.config.save_pretrained(target)
+        self.tokenizer.save_pretrained(target)
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any], folder: Path) -> "HFTextBackbone":
+        pre = preprocess_from_dict(recipe["preprocess"])
+        return cls(
+            folder / "backbone",
+            pretrained=False,
+            pooling=pre.pooling,
+            max_length=pre.max_length,
+            name=recipe.get("name"),
+        )

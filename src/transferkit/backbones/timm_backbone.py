@@ -1,0 +1,131 @@
+"""Vision backbones through timm: hub names when online, local safetensors files or folders offline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError, ModelLoadError
+from .base import Backbone, ImagePreprocess, group_by_patterns
+
+
+def _load_strict_except_head(model, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load ``state`` strictly, tolerating only the classifier's keys (timm's convention)."""
+    head = model.pretrained_cfg.get("classifier", "classifier")
+    heads = (head,) if isinstance(head, str) else tuple(head)
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if not (k.startswith(heads) and (k not in own or own[k].shape != v.shape))}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith(heads)]
+    if missing or unexpected:
+        raise ModelLoadError(
+            f"Weights in {source} do not fit {model.pretrained_cfg.get('architecture', 'the model')}: "
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}).",
+            "use the weights file that matches the architecture named after 'timm/'.",
+        )
+
+
+def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Weights file {path} does not exist.", "check the path.")
+    if path.suffix != ".safetensors":
+        raise ConfigError(
+            f"Weights file {path} is not a .safetensors file; transferkit never unpickles weights.",
+            "convert it once with safetensors.torch.save_file(state_dict, 'weights.safetensors').",
+        )
+    try:
+        return load_file(str(path))
+    except Exception as e:  # corrupt header, truncated file
+        raise ModelLoadError(f"Cannot read {path}: {e}", "re-create the safetensors file.") from None
+
+
+class TimmBackbone(Backbone):
+    modality = "image"
+    source = "timm"
+
+    def __init__(
+        self,
+        arch: str,
+        *,
+        pretrained: bool = True,
+        weights: str | Path | None = None,
+        image_size: int | None = None,
+        name: str | None = None,
+    ):
+        super().__init__(name or f"timm/{arch}")
+        import timm
+
+        self.arch = arch
+        if arch not in timm.list_models() and not timm.is_model(arch):
+            raise ConfigError(f"Unknown timm architecture {arch!r}.", "see timm.list_models() for names.")
+        if weights is not None:
+            model = timm.create_model(arch, pretrained=False)
+            if pretrained:
+                _load_strict_except_head(model, read_safetensors(weights), str(weights))
+            model.reset_classifier(0)
+        elif pretrained:
+            try:
+                model = timm.create_model(arch, pretrained=True, num_classes=0)
+            except Exception as e:
+                raise ConfigError(
+                    f"Could not load pretrained weights for timm/{arch} from the hub ({type(e).__name__}).",
+                    f"offline, pass a local file: --backbone-weights model.safetensors (Python: weights=...), "
+                    f"or a timm folder with config.json + model.safetensors, or use an offline model "
+                    f"such as efficientnet_lite0.",
+                ) from None
+        else:
+            model = timm.create_model(arch, pretrained=False, num_classes=0)
+        self.model = model
+        self.num_features = int(getattr(model, "head_hidden_size", None) or model.num_features)
+        cfg = timm.data.resolve_data_config({}, model=model)
+        size = int(image_size or cfg["input_size"][-1])
+        self.preprocess = ImagePreprocess(
+            input_size=size,
+            mean=tuple(float(v) for v in cfg["mean"]),
+            std=tuple(float(v) for v in cfg["std"]),
+            interpolation=str(cfg.get("interpolation", "bicubic")),
+            crop_pct=float(cfg.get("crop_pct", 0.875)),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def layer_groups(self) -> list[list[str]]:
+        names = [n for n, _ in self.named_parameters()]
+        matcher = getattr(self.model, "group_matcher", None)
+        if matcher is None:
+            return group_by_patterns(names, r"^model\.(conv1|bn1|stem|patch_embed)", r"^model\.\w+\.(\d+)\.")
+        from timm.models import group_parameters
+
+        groups = group_parameters(self.model, matcher(coarse=True))
+        out = [[f"model.{n}" for n in groups[k]] for k in sorted(groups)]
+        return [g for g in out if g]
+
+    def recipe(self) -> dict[str, Any]:
+        return {"type": "timm", "arch": self.arch, "name": self.name, "preprocess": self.preprocess.to_dict()}
+
+    @classmethod
+    def from_recipe(cls, recipe: dict[str, Any], folder: Path) -> "TimmBackbone":
+        bb = cls(recipe["arch"], pretrained=False, name=recipe.get("name"))
+        from .base import preprocess_from_dict
+
+        bb.preprocess = preprocess_from_dict(recipe["preprocess"])
+        return bb
+
+
+def timm_folder_arch(folder: Path) -> str | None:
+    """A timm hub-style folder has config.json with 'architecture' beside model.safetensors."""
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data.get("architecture")

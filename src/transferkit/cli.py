@@ -1,0 +1,300 @@
+"""Command line: a thin layer over the Python API (same names as ``FitConfig`` and ``transferkit.*``)."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import sys
+import typing
+from dataclasses import MISSING, fields
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .config import FitConfig
+from .errors import TransferkitError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="transferkit: transfer learning for images and text. Run 'transferkit quickstart' to see it work.",
+)
+out = Console()
+err = Console(stderr=True)
+_STATE = {"debug": False}
+
+_HELP = {
+    "backbone": "backbone: efficientnet_lite0, minilm, timm/<arch>, hf/<name> or a local folder ('transferkit models')",
+    "strategy": "linear-probe | finetune | scratch ('transferkit strategies')",
+    "backbone_weights": "local .safetensors weights for a timm/<arch> backbone (offline)",
+    "image_size": "input size in pixels (default: the weights' own)",
+    "head": "linear-probe head: logistic | linear | mlp; finetune head: linear | mlp",
+    "freeze": "keep the first N layer groups frozen (layer-wise fine-tuning)",
+    "unfreeze": "none | gradual (head first, then one more group per --unfreeze-every epochs)",
+    "lr": "head learning rate; the top backbone group gets lr * backbone-lr-ratio",
+    "patience": "early stopping: epochs without validation improvement",
+}
+
+
+def _config_options(func):
+    """Add every ``FitConfig`` field as a ``--option`` and pass a validated ``cfg`` to ``func``."""
+    hints = typing.get_type_hints(FitConfig)
+    sig = inspect.signature(func)
+    params = [p for p in sig.parameters.values() if p.name != "cfg"]
+    names = set()
+    for f in fields(FitConfig):
+        default = f.default if f.default is not MISSING else None
+        ann = hints[f.name]
+        if ann in (str | None, typing.Optional[str]):
+            ann = Optional[str]
+        elif ann in (int | None, typing.Optional[int]):
+            ann = Optional[int]
+        params.append(
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, help=_HELP.get(f.name, "")), annotation=ann)
+        )
+        names.add(f.name)
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        cfg_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+        return func(*args, cfg=FitConfig(**cfg_kw), **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=params)
+    return wrapper
+
+
+def _loader(label_column, text_column, path_column, task) -> dict[str, Any]:
+    return {"label_column": label_column, "text_column": text_column, "path_column": path_column, "task": task}
+
+
+LabelColumn = typer.Option(None, help="label column of a CSV/TSV/JSONL manifest (default: label)")
+TextColumn = typer.Option(None, help="text column of a manifest (default: text)")
+PathColumn = typer.Option(None, help="image path column of a manifest (default: image/path)")
+Task = typer.Option("classification", help="classification | multilabel | regression")
+
+
+def _metrics_table(title: str, metrics: dict[str, dict[str, Any]]) -> Table:
+    table = Table(title=title)
+    table.add_column("split")
+    keys = [k for k in ("accuracy", "macro_f1", "micro_f1", "mse", "mae", "r2", "n") if any(k in m for m in metrics.values())]
+    for k in keys:
+        table.add_column(k, justify="right")
+    for split, m in metrics.items():
+        table.add_row(split, *[f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys])
+    return table
+
+
+@app.command()
+@_config_options
+def fit(
+    data: Path = typer.Argument(..., help="image folder (one subfolder per class) or CSV/TSV/JSONL manifest"),
+    out_dir: Path = typer.Option(Path("transferkit-run"), "--out", help="run folder; the model is saved in OUT/model"),
+    val_data: Optional[Path] = typer.Option(None, help="validation set (default: split from DATA)"),
+    test_data: Optional[Path] = typer.Option(None, help="test set (default: split from DATA)"),
+    label_column: Optional[str] = LabelColumn,
+    text_column: Optional[str] = TextColumn,
+    path_column: Optional[str] = PathColumn,
+    task: str = Task,
+    progress: bool = typer.Option(True, help="show a progress bar"),
+    cfg: FitConfig = None,
+):
+    """Train a model on DATA with a transfer strategy and save it."""
+    from .api import fit as api_fit
+
+    res = api_fit(data, val_data=val_data, test_data=test_data, out=out_dir, config=cfg, progress=progress,
+                  loader=_loader(label_column, text_column, path_column, task))
+    out.print(_metrics_table(f"{cfg.strategy} on {cfg.backbone} ({res.seconds:.1f} s)", res.metrics))
+    out.print(f"Model saved to {out_dir / 'model'}. Predict with: transferkit predict {out_dir / 'model'} INPUTS...")
+
+
+@app.command()
+def predict(
+    model_dir: Path = typer.Argument(..., help="saved model folder (or run folder)"),
+    inputs: List[str] = typer.Argument(..., help="image files/folders, a .txt file of lines, or texts"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON lines"),
+    top_k: int = typer.Option(3, help="probabilities shown per input"),
+    batch_size: int = typer.Option(64),
+    device: str = typer.Option("auto"),
+):
+    """Predict labels and probabilities for images or texts."""
+    from .api import load_model_dir
+    from .data.dataset import load_inputs
+
+    model = load_model_dir(model_dir)
+    items, kind = load_inputs(inputs)
+    if kind != model.modality:
+        from .errors import DataError
+
+        raise DataError(f"The model takes {model.modality} inputs but got {kind}s.", f"pass {model.modality} inputs.")
+    results = model.predict(items, batch_size=batch_size, top_k=top_k, device=device)
+    if as_json:
+        for r in results:
+            print(json.dumps(r))
+        return
+    table = Table()
+    table.add_column("input")
+    table.add_column("prediction")
+    table.add_column("probabilities")
+    for r in results:
+        pred = r.get("label") or ", ".join(r.get("labels", [])) or f"{r.get('value', ''):.4g}"
+        probs = ", ".join(f"{k} {v:.3f}" for k, v in list(r.get("probabilities", {}).items())[:top_k])
+        table.add_row(r["input"][:60], str(pred), probs)
+    out.print(table)
+
+
+@app.command()
+def evaluate(
+    model_dir: Path = typer.Argument(..., help="saved model folder (or run folder)"),
+    data: Path = typer.Argument(..., help="labelled data in any form 'fit' accepts"),
+    label_column: Optional[str] = LabelColumn,
+    text_column: Optional[str] = TextColumn,
+    path_column: Optional[str] = PathColumn,
+    as_json: bool = typer.Option(False, "--json"),
+    device: str = typer.Option("auto"),
+):
+    """Accuracy, macro-F1, per-class precision/recall and the confusion matrix on labelled data."""
+    from .api import evaluate as api_evaluate, load_model_dir
+
+    model = load_model_dir(model_dir)
+    m = api_evaluate(model, data, device=device, label_column=label_column, text_column=text_column, path_column=path_column)
+    if as_json:
+        print(json.dumps(m))
+        return
+    out.print(_metrics_table(f"{model_dir}", {"data": m}))
+    if "per_class" in m:
+        t = Table(title="per class")
+        for c in ("class", "precision", "recall", "f1", "support"):
+            t.add_column(c)
+        for name, v in m["per_class"].items():
+            t.add_row(name, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"{v['f1']:.3f}", str(v["support"]))
+        out.print(t)
+        cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+        cm.add_column("")
+        for i, _ in enumerate(model.label_names):
+            cm.add_column(str(i), justify="right")
+        for i, (name, row) in enumerate(zip(model.label_names, m["confusion_matrix"])):
+            cm.add_row(f"{i} {name}", *[str(v) for v in row])
+        out.print(cm)
+
+
+def comparison_table(cmp, title: str) -> Table:
+    t = Table(title=title)
+    for c in ("strategy", cmp.metric, "macro-F1", "time (s)", "gain vs scratch", "verdict"):
+        t.add_column(c, justify="right" if c not in ("strategy", "verdict") else "left")
+    for r in cmp.to_dict()["rows"]:
+        spread = f" ± {r['std']:.3f}" if len(r["scores"]) > 1 else ""
+        gain = f"{r['gain']:+.3f} (noise {r['noise']:.3f})" if "gain" in r else "baseline"
+        verdict = "" if "gain" not in r else ("NEGATIVE TRANSFER: not better than scratch" if r["negative_transfer"] else "transfer helps")
+        t.add_row(r["strategy"], f"{r['mean']:.3f}{spread}", f"{r['macro_f1']:.3f}", f"{r['seconds']:.1f}", gain, verdict)
+    return t
+
+
+@app.command()
+@_config_options
+def compare(
+    data: Path = typer.Argument(..., help="labelled data in any form 'fit' accepts"),
+    strategies: str = typer.Option("finetune", help="comma-separated strategies compared with scratch"),
+    seeds: int = typer.Option(1, help="training seeds per strategy (same split)"),
+    val_data: Optional[Path] = typer.Option(None),
+    test_data: Optional[Path] = typer.Option(None),
+    label_column: Optional[str] = LabelColumn,
+    text_column: Optional[str] = TextColumn,
+    path_column: Optional[str] = PathColumn,
+    task: str = Task,
+    as_json: bool = typer.Option(False, "--json"),
+    progress: bool = typer.Option(True),
+    cfg: FitConfig = None,
+):
+    """Train strategies and the scratch baseline on the same split; print the transfer gain."""
+    from .api import compare as api_compare
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()]
+    cmp = api_compare(data, strategies=names, seeds=seeds, val_data=val_data, test_data=test_data, config=cfg,
+                      progress=progress, loader=_loader(label_column, text_column, path_column, task))
+    if as_json:
+        print(json.dumps(cmp.to_dict()))
+    else:
+        out.print(comparison_table(cmp, f"transfer vs scratch on {cfg.backbone} (test n={cmp.n_test})"))
+
+
+@app.command()
+def models():
+    """List backbones; offline ones work with no network."""
+    from .backbones import list_backbones
+
+    t = Table(title="backbones")
+    for c in ("name", "modality", "available offline", "description"):
+        t.add_column(c)
+    for r in list_backbones():
+        t.add_row(r["name"], r["modality"], "yes" if r["offline"] else "no (hub)", r["description"])
+    out.print(t)
+
+
+@app.command()
+def strategies():
+    """List transfer strategies."""
+    from .strategies import list_strategies
+
+    t = Table(title="strategies")
+    t.add_column("name")
+    t.add_column("description")
+    for r in list_strategies():
+        t.add_row(r["name"], r["description"])
+    out.print(t)
+
+
+@app.command()
+def quickstart(
+    out_dir: Path = typer.Option(Path("transferkit-quickstart"), "--out", help="where the best model is saved"),
+    image_size: Optional[int] = typer.Option(None, help="default: 96 on CPU, 224 on GPU"),
+    epochs: Optional[int] = typer.Option(None, help="default: 12 on CPU, 15 on GPU"),
+    device: str = typer.Option("auto"),
+    progress: bool = typer.Option(True),
+):
+    """Train linear-probe, fine-tune and scratch on the embedded emoji dataset; save the best model."""
+    from .quickstart import run
+
+    run(out_dir, image_size=image_size, epochs=epochs, device=device, progress=progress, console=out)
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="show full tracebacks")):
+    _STATE["debug"] = debug
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point: user errors print one line and exit non-zero (traceback with --debug)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        app(args=argv, prog_name="transferkit", standalone_mode=False)
+    except TransferkitError as e:
+        if debug:
+            raise
+        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        err.print("aborted")
+        return 130
+    except Exception as e:
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            return e.exit_code
+        if debug:
+            raise
+        err.print(f"[red]error:[/red] {type(e).__name__}: {e} (run with --debug for the traceback)", highlight=False, soft_wrap=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

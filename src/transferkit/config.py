@@ -1,0 +1,86 @@
+"""Typed configuration, validated once, serialisable to JSON."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .errors import ConfigError
+
+_CHOICES = {
+    "schedule": ("cosine", "onecycle"),
+    "unfreeze": ("none", "gradual"),
+    "head": ("logistic", "linear", "mlp"),
+    "pooling": ("mean", "cls"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+}
+
+
+@dataclass
+class FitConfig:
+    """Everything a training run needs besides the data. CLI options have the same names."""
+
+    backbone: str = "efficientnet_lite0"
+    strategy: str = "finetune"
+    backbone_weights: str | None = None
+    image_size: int | None = None  # None: the weights' own input size
+    pooling: str = "mean"  # text backbones
+    max_length: int | None = None  # text backbones
+    head: str = "logistic"  # linear-probe: logistic (sklearn) | linear | mlp; finetune: linear | mlp
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3  # head learning rate
+    backbone_lr_ratio: float = 0.1  # top backbone group lr = lr * ratio
+    layer_decay: float = 0.8  # each earlier group's lr = next group's lr * layer_decay
+    weight_decay: float = 0.01
+    warmup: float = 0.1  # fraction of steps
+    schedule: str = "cosine"
+    dropout: float = 0.1
+    label_smoothing: float = 0.1
+    freeze: int = 0  # first N layer groups stay frozen
+    unfreeze: str = "none"  # "gradual": head first, then one more group per stage
+    unfreeze_every: int = 1  # epochs per gradual-unfreezing stage
+    patience: int = 5  # early stopping on the validation metric
+    augment: bool = True
+    hflip: bool = True
+    seed: int = 0  # training randomness (init of the head, data order, augmentation)
+    split_seed: int = 0  # the train/val/test split, fixed across training seeds
+    device: str = "auto"
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    eval_batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        for name, choices in _CHOICES.items():
+            value = getattr(self, name)
+            if value not in choices:
+                raise ConfigError(f"Invalid --{name.replace('_', '-')} {value!r}.", f"use one of: {', '.join(choices)}.")
+        positive = ("epochs", "batch_size", "lr", "unfreeze_every", "eval_batch_size")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)}).", "pass a value > 0.")
+        if self.freeze < 0:
+            raise ConfigError(f"--freeze must be >= 0 (got {self.freeze}).", "pass the number of layer groups to keep frozen.")
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"--image-size {self.image_size} is too small.", "use at least 16 pixels.")
+        for name in ("dropout", "label_smoothing", "warmup"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1).", "pass a fraction.")
+        if not 0 < self.layer_decay <= 1 or not 0 < self.backbone_lr_ratio <= 10:
+            raise ConfigError("--layer-decay must be in (0, 1] and --backbone-lr-ratio in (0, 10].", "pass values in range.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FitConfig":
+        """Build from a dict; unknown keys (from an older/newer version) are dropped with a warning."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            warnings.warn(f"ignoring unknown config keys: {', '.join(unknown)}", stacklevel=2)
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def replace(self, **changes: Any) -> "FitConfig":
+        return FitConfig.from_dict({**self.to_dict(), **changes})

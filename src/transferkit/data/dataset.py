@@ -1,0 +1,257 @@
+"""Labelled data from an image folder, a CSV/TSV/JSONL manifest of image paths or texts.
+
+``load_data`` returns a ``TaskData``: inputs (image paths or texts), targets and label names, with
+the task type. ``split_data`` makes a stratified train/val/test split with a fixed seed.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError
+from .images import IMAGE_EXTENSIONS
+
+TASKS = ("classification", "multilabel", "regression")
+_PATH_COLUMNS = ("image", "path", "file", "filepath", "filename")
+_TEXT_COLUMNS = ("text", "sentence", "review", "content")
+
+
+@dataclass
+class TaskData:
+    inputs: list[str]
+    targets: np.ndarray  # int64 [N] | float32 [N, C] (multilabel) | float32 [N] (regression)
+    label_names: list[str]
+    modality: str  # "image" | "text"
+    task: str = "classification"
+    source: str = ""
+    _digest: str | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    @property
+    def num_outputs(self) -> int:
+        return 1 if self.task == "regression" else len(self.label_names)
+
+    def subset(self, idx: Sequence[int]) -> "TaskData":
+        idx = np.asarray(idx, dtype=np.int64)
+        return TaskData([self.inputs[i] for i in idx], self.targets[idx], list(self.label_names), self.modality, self.task, self.source)
+
+    def content_digest(self) -> str:
+        """Hash of the inputs' content (file bytes for images, the text itself) in order."""
+        if self._digest is None:
+            h = hashlib.sha256(self.modality.encode())
+            for x in self.inputs:
+                if self.modality == "image":
+                    h.update(hashlib.sha256(Path(x).read_bytes()).digest())
+                else:
+                    h.update(hashlib.sha256(x.encode("utf-8")).digest())
+            self._digest = h.hexdigest()
+        return self._digest
+
+
+def _read_rows(path: Path) -> list[dict[str, str]]:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows = []
+            with open(path, encoding="utf-8") as fh:
+                for i, line in enumerate(fh, 1):
+                    if line.strip():
+                        try:
+                            rows.append(json.loads(line))
+                        except json.JSONDecodeError as e:
+                            raise DataError(f"{path}:{i} is not valid JSON ({e.msg}).", "fix or remove that line.") from None
+            return rows
+        delimiter = "\t" if suffix in (".tsv", ".tab") else ","
+        with open(path, encoding="utf-8", newline="") as fh:
+            return list(csv.DictReader(fh, delimiter=delimiter))
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text.", "save the manifest as UTF-8 CSV, TSV or JSONL.") from None
+
+
+def _targets(labels: list, task: str, label_sep: str, where: str, label_names: list[str] | None):
+    if task == "regression":
+        try:
+            return np.asarray([float(v) for v in labels], dtype=np.float32), []
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: regression labels must be numbers.", "use --task classification for categories.") from None
+    if task == "multilabel":
+        sets = [[s.strip() for s in str(v).split(label_sep) if s.strip()] if not isinstance(v, list) else [str(s) for s in v] for v in labels]
+        names = label_names or sorted({s for row in sets for s in row})
+        index = {n: i for i, n in enumerate(names)}
+        y = np.zeros((len(sets), len(names)), dtype=np.float32)
+        for r, row in enumerate(sets):
+            for s in row:
+                if s not in index:
+                    raise DataError(f"{where}: label {s!r} is not one of the model's labels.", "use the same label names as training.")
+                y[r, index[s]] = 1.0
+        return y, names
+    str_labels = [str(v) for v in labels]
+    names = label_names or sorted(set(str_labels))
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted(set(str_labels) - set(index))
+    if unknown:
+        raise DataError(f"{where}: labels {unknown[:3]} are not among the training labels.", "use the same label names as training.")
+    return np.asarray([index[s] for s in str_labels], dtype=np.int64), names
+
+
+def load_data(
+    path: str | Path,
+    *,
+    label_column: str | None = None,
+    text_column: str | None = None,
+    path_column: str | None = None,
+    task: str = "classification",
+    label_sep: str = "|",
+    label_names: list[str] | None = None,
+    min_classes: int = 2,
+) -> TaskData:
+    """Load labelled data.
+
+    - a folder with one subfolder of images per class;
+    - a CSV/TSV/JSONL manifest with a path column (images, relative to the manifest) or a text column,
+      and a label column (default ``label``).
+    ``label_names`` fixes the label order (used when evaluating a saved model on new data).
+    """
+    if task not in TASKS:
+        raise ConfigError(f"Unknown task {task!r}.", f"use --task one of {', '.join(TASKS)}.")
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"Data path {path} does not exist.", "pass an image folder or a CSV/TSV/JSONL file.")
+    if path.is_dir():
+        data = _load_folder(path, label_names)
+    else:
+        data = _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names)
+    if len(data) == 0:
+        raise DataError(f"No examples found in {path}.", "add data, one subfolder of images per class or one row per example.")
+    if data.task != "regression" and label_names is None:
+        present = len(set(data.targets.tolist())) if data.task == "classification" else int((data.targets.sum(0) > 0).sum())
+        if present < min_classes:
+            raise DataError(
+                f"{path} has only {present} class ({', '.join(data.label_names)}); classification needs at least {min_classes}.",
+                "add examples of other classes.",
+            )
+    return data
+
+
+def _load_folder(path: Path, label_names: list[str] | None) -> TaskData:
+    classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        loose = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
+        hint = "put images in one subfolder per class (e.g. data/cat/1.jpg, data/dog/2.jpg)."
+        raise DataError(f"Folder {path} has no class subfolders" + (f" ({len(loose)} loose images)." if loose else "."), hint)
+    inputs, labels = [], []
+    for c in classes:
+        for f in sorted((path / c).rglob("*")):
+            if f.is_file() and not f.name.startswith("."):
+                if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                    raise DataError(f"{f} is not an image file (extension {f.suffix or 'none'}).", "remove it or convert it to PNG/JPEG.")
+                inputs.append(str(f))
+                labels.append(c)
+    targets, names = _targets(labels, "classification", "|", str(path), label_names)
+    return TaskData(inputs, targets, names, "image", "classification", str(path))
+
+
+def _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names) -> TaskData:
+    if path.suffix.lower() not in (".csv", ".tsv", ".tab", ".jsonl"):
+        raise DataError(f"{path} is neither a folder nor a .csv/.tsv/.jsonl manifest.", "pass an image folder or a manifest file.")
+    rows = _read_rows(path)
+    if not rows:
+        raise DataError(f"Manifest {path} has no rows.", "add one row per example.")
+    columns = list(rows[0].keys())
+
+    def pick(given: str | None, defaults: tuple[str, ...], option: str) -> str | None:
+        if given is not None:
+            if given not in columns:
+                raise DataError(f"{path} has no column {given!r} (columns: {', '.join(columns)}).", f"pass {option} with one of those names.")
+            return given
+        return next((c for c in defaults if c in columns), None)
+
+    label_col = pick(label_column, ("label", "labels", "category", "target", "class"), "--label-column")
+    if label_col is None:
+        raise DataError(f"{path} has no label column (columns: {', '.join(columns)}).", "pass --label-column NAME.")
+    pcol = pick(path_column, _PATH_COLUMNS, "--path-column") if text_column is None else None
+    tcol = pick(text_column, _TEXT_COLUMNS, "--text-column") if pcol is None else None
+    if pcol is None and tcol is None:
+        raise DataError(f"{path} has no image-path or text column (columns: {', '.join(columns)}).", "pass --path-column or --text-column.")
+    inputs, labels = [], []
+    for i, row in enumerate(rows, 2 if path.suffix.lower() != ".jsonl" else 1):
+        label = row.get(label_col)
+        if label is None or (isinstance(label, str) and not label.strip()):
+            raise DataError(f"{path} row {i}: empty value in label column {label_col!r}.", "fill it in or remove the row.")
+        if pcol:
+            value = row.get(pcol)
+            if not value:
+                raise DataError(f"{path} row {i}: empty value in column {pcol!r}.", "fill it in or remove the row.")
+            p = Path(value)
+            p = p if p.is_absolute() else path.parent / p
+            if not p.is_file():
+                raise DataError(f"{path} row {i}: image {p} does not exist.", f"fix the path in column {pcol!r} (relative paths start at the manifest's folder).")
+            inputs.append(str(p))
+        else:
+            text = row.get(tcol)
+            if text is None or not str(text).strip():
+                raise DataError(f"{path} row {i}: empty text in column {tcol!r}.", "fill it in or remove the row.")
+            inputs.append(str(text))
+        labels.append(label)
+    targets, names = _targets(labels, task, label_sep, f"{path} column {label_col!r}", label_names)
+    return TaskData(inputs, targets, names, "image" if pcol else "text", task, str(path))
+
+
+def load_inputs(items: Sequence[str]) -> tuple[list[str], str]:
+    """Expand CLI inputs for prediction: image files, folders of images, a .txt file of lines, or raw texts."""
+    out: list[str] = []
+    kinds = set()
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise DataError(f"Folder {p} contains no images.", "pass image files or a folder of images.")
+            out += [str(f) for f in files]
+            kinds.add("image")
+        elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+            out.append(str(p))
+            kinds.add("image")
+        elif p.is_file() and p.suffix.lower() in (".txt",):
+            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            out += lines
+            kinds.add("text")
+        else:
+            out.append(item)
+            kinds.add("text")
+    if len(kinds) > 1:
+        raise DataError("Inputs mix images and texts.", "predict images and texts in separate calls.")
+    return out, (kinds.pop() if kinds else "text")
+
+
+def split_data(data: TaskData, val: float = 0.15, test: float = 0.15, seed: int = 0) -> tuple[TaskData, TaskData, TaskData]:
+    """Stratified (per class, for single-label classification) train/val/test split with a fixed seed."""
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise ConfigError(f"Invalid split fractions val={val}, test={test}.", "use fractions whose sum is below 1.")
+    rng = np.random.default_rng(seed)
+    n = len(data)
+    if data.task == "classification":
+        strata = [np.flatnonzero(data.targets == c) for c in range(len(data.label_names))]
+    else:
+        strata = [np.arange(n)]
+    tr, va, te = [], [], []
+    for idx in strata:
+        idx = rng.permutation(idx)
+        k = len(idx)
+        n_te = int(round(k * test))
+        n_va = int(round(k * val))
+        if k - n_te - n_va < 1:  # keep at least one training example per class
+            n_te, n_va = max(0, min(n_te, k - 1)), max(0, min(n_va, k - 1 - min(n_te, k - 1)))
+        te += idx[:n_te].tolist()
+        va += idx[n_te : n_te + n_va].tolist()
+        tr += idx[n_te + n_va :].tolist()
+    return data.subset(sorted(tr)), data.subset(sorted(va)), data.subset(sorted(te))

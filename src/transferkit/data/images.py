@@ -1,0 +1,65 @@
+"""Image decoding: EXIF orientation, RGBA composited on white, grayscale/palette/CMYK to RGB.
+
+Each image is decoded once into a uint8 tensor at the stored resolution; training augments these
+tensors in batches (on the GPU when there is one) instead of re-decoding files every epoch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+
+IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+_INTERP = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1, "box": 4, "hamming": 5}
+
+
+def open_rgb(path: str | Path):
+    """Open an image as RGB PIL image, applying EXIF orientation and compositing transparency on white."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode == "P":
+                im = im.convert("RGBA")
+            if im.mode in ("RGBA", "LA") or "transparency" in im.info:
+                im = im.convert("RGBA")
+                background = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(background, im)
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"Image file {path} does not exist.", "check the path in your data.") from None
+    except Exception as e:
+        raise DataError(
+            f"Cannot read image {path} ({type(e).__name__}: {e}).",
+            "remove or replace the file.",
+        ) from None
+
+
+def decode_image(path: str | Path, size: int, interpolation: str = "bicubic") -> torch.Tensor:
+    """Decode to a ``[3, size, size]`` uint8 tensor: resize the shorter side to ``size``, centre crop."""
+    im = open_rgb(path)
+    w, h = im.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    im = im.resize((nw, nh), resample=_INTERP.get(interpolation, 3))
+    left, top = (nw - size) // 2, (nh - size) // 2
+    im = im.crop((left, top, left + size, top + size))
+    arr = np.asarray(im, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def decode_images(paths: list[str], size: int, interpolation: str = "bicubic", progress=None) -> torch.Tensor:
+    """Decode many images into one ``[N, 3, size, size]`` uint8 tensor."""
+    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
+    for i, p in enumerate(paths):
+        out[i] = decode_image(p, size, interpolation)
+        if progress is not None:
+            progress(1)
+    return out

@@ -1,0 +1,79 @@
+"""Frozen-backbone embeddings, computed once and cached on disk.
+
+The cache key covers the backbone's weights, its preprocessing and the data's content, so a second
+run on the same data reuses the embeddings and any change recomputes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from ._cache import cache_dir
+from ._io import atomic_path
+from .backbones.base import Backbone
+from .inputs import autocast, make_batch, prepare, resolve_device
+
+
+def backbone_fingerprint(backbone: Backbone) -> str:
+    """Hash of the backbone's recipe and every tensor of its state (weights and buffers)."""
+    h = hashlib.sha256(json.dumps(backbone.recipe(), sort_keys=True).encode())
+    for name, t in sorted(backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def compute_features(backbone: Backbone, inputs: list[str], batch_size: int = 128, device: str | torch.device = "auto") -> torch.Tensor:
+    dev = resolve_device(device) if isinstance(device, str) else device
+    prepared = prepare(backbone, inputs)
+    was_training = backbone.training
+    backbone.eval().to(dev)
+    out = []
+    for start in range(0, len(inputs), batch_size):
+        idx = list(range(start, min(len(inputs), start + batch_size)))
+        with autocast(dev):
+            out.append(backbone(make_batch(backbone, prepared, idx, dev)).float().cpu())
+    backbone.train(was_training).cpu()
+    return torch.cat(out) if out else torch.zeros((0, backbone.num_features))
+
+
+def extract_features(
+    backbone: Backbone,
+    data,
+    *,
+    batch_size: int = 128,
+    device: str | torch.device = "auto",
+    cache: bool = True,
+    stats: dict | None = None,
+) -> torch.Tensor:
+    """Pooled features ``[N, D]`` (float32) for ``TaskData``; cached by backbone + preprocessing + data."""
+    if not cache:
+        return compute_features(backbone, data.inputs, batch_size, device)
+    key = hashlib.sha256(
+        f"{backbone_fingerprint(backbone)}|{json.dumps(backbone.preprocess.to_dict(), sort_keys=True)}|{data.content_digest()}".encode()
+    ).hexdigest()[:32]
+    path = cache_dir("features") / f"{key}.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    if path.is_file():
+        try:
+            feats = load_file(str(path))["features"]
+            if feats.shape[0] == len(data):
+                if stats is not None:
+                    stats["cache_hit"] = stats.get("cache_hit", 0) + 1
+                return feats
+        except Exception:
+            pass  # unreadable cache entry: recompute and overwrite
+    feats = compute_features(backbone, data.inputs, batch_size, device)
+    with atomic_path(path) as tmp:
+        save_file({"features": feats.contiguous()}, str(tmp))
+    if stats is not None:
+        stats["computed"] = stats.get("computed", 0) + 1
+    return feats
+
+

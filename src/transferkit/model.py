@@ -1,0 +1,193 @@
+"""A transferred model: backbone + task head + everything needed to predict on raw inputs.
+
+Saved as one folder: ``model.safetensors`` (all weights, never pickle), ``config.json`` (backbone
+recipe, preprocessing, label names, task, strategy, metrics, library version) and, for text
+backbones, the tokenizer under ``backbone/``. The folder is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .backbones import backbone_from_recipe
+from .backbones.base import Backbone
+from .errors import DataError, ModelLoadError
+from .heads import make_head
+
+FORMAT_VERSION = 1
+
+
+class TransferModel(nn.Module):
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: nn.Module,
+        *,
+        head_spec: dict[str, Any],
+        task: str,
+        label_names: list[str],
+        strategy: str,
+        info: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.head_spec = dict(head_spec)
+        self.task = task
+        self.label_names = list(label_names)
+        self.strategy = strategy
+        self.info: dict[str, Any] = dict(info or {})  # metrics, fit config, timings
+
+    @property
+    def modality(self) -> str:
+        return self.backbone.modality
+
+    def forward(self, batch: Any) -> torch.Tensor:
+        return self.head(self.backbone(batch))
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict_outputs(self, inputs: Sequence[str] | Any, batch_size: int = 64, device: str | torch.device = "auto", prepared=None) -> np.ndarray:
+        """Raw outputs (logits or regression values) for raw inputs, in order."""
+        from .inputs import autocast, make_batch, prepare, resolve_device
+
+        dev = resolve_device(device) if isinstance(device, str) else device
+        if prepared is None:
+            prepared = prepare(self.backbone, list(inputs))
+        n = len(prepared)
+        was_training = self.training
+        self.eval().to(dev)
+        outs = []
+        for start in range(0, n, batch_size):
+            idx = list(range(start, min(n, start + batch_size)))
+            with autocast(dev):
+                outs.append(self(make_batch(self.backbone, prepared, idx, dev)).float().cpu())
+        self.train(was_training)
+        if not outs:
+            return np.zeros((0, self.head_spec["out"]), dtype=np.float32)
+        return torch.cat(outs).numpy()
+
+    def predict(self, inputs: Sequence[str] | str, batch_size: int = 64, top_k: int | None = None, device: str = "auto") -> list[dict[str, Any]]:
+        """Predict raw inputs (image paths or texts). Each result has ``label`` and ``probabilities``
+        (classification), ``labels`` (multilabel) or ``value`` (regression)."""
+        if isinstance(inputs, (str, Path)):
+            inputs = [str(inputs)]
+        inputs = [str(x) for x in inputs]
+        if self.modality == "image":
+            missing = [x for x in inputs if not Path(x).is_file()]
+            if missing:
+                raise DataError(f"Image file {missing[0]} does not exist.", "pass existing image files or folders.")
+        out = self.predict_outputs(inputs, batch_size=batch_size, device=device)
+        results = []
+        for x, row in zip(inputs, out):
+            if self.task == "classification":
+                p = torch.softmax(torch.from_numpy(row), 0).numpy()
+                order = np.argsort(-p)[: top_k or len(p)]
+                results.append({
+                    "input": x,
+                    "label": self.label_names[int(order[0])],
+                    "probabilities": {self.label_names[int(i)]: float(p[i]) for i in order},
+                })
+            elif self.task == "multilabel":
+                p = 1 / (1 + np.exp(-row))
+                results.append({
+                    "input": x,
+                    "labels": [n for n, pi in zip(self.label_names, p) if pi >= 0.5],
+                    "probabilities": {n: float(pi) for n, pi in zip(self.label_names, p)},
+                })
+            else:
+                results.append({"input": x, "value": float(row[0])})
+        return results
+
+    def evaluate(self, data, batch_size: int = 64, device: str = "auto") -> dict[str, Any]:
+        """Metrics on labelled ``TaskData``."""
+        from .metrics import task_metrics
+
+        out = self.predict_outputs(data.inputs, batch_size=batch_size, device=device)
+        return task_metrics(self.task, data.targets, out, self.label_names)
+
+    # ------------------------------------------------------------------ persistence
+    def config_dict(self) -> dict[str, Any]:
+        from . import __version__
+
+        return {
+            "format_version": FORMAT_VERSION,
+            "transferkit_version": __version__,
+            "backbone": self.backbone.recipe(),
+            "head": self.head_spec,
+            "task": self.task,
+            "label_names": self.label_names,
+            "strategy": self.strategy,
+            "info": self.info,
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the model folder atomically: either the old folder or the complete new one exists."""
+        from safetensors.torch import save_model
+
+        from ._io import atomic_dir
+
+        folder = Path(folder)
+        self.cpu()
+        with atomic_dir(folder) as tmp:
+            save_model(self, str(tmp / "model.safetensors"))
+            self.backbone.save_assets(tmp)
+            (tmp / "config.json").write_text(json.dumps(self.config_dict(), indent=2, default=_json_default) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "TransferModel":
+        from safetensors.torch import load_model
+
+        folder = Path(folder)
+        cfg_path, weights = folder / "config.json", folder / "model.safetensors"
+        if not folder.is_dir() or not cfg_path.is_file() or not weights.is_file():
+            raise ModelLoadError(
+                f"{folder} is not a transferkit model folder (needs config.json and model.safetensors).",
+                "pass the folder written by 'transferkit fit' or model.save().",
+            )
+        try:
+            cfg = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as e:
+            raise ModelLoadError(f"{cfg_path} is not valid JSON ({e.msg}).", "re-save the model.") from None
+        if cfg.get("format_version", 0) > FORMAT_VERSION:
+            raise ModelLoadError(f"{folder} was saved by a newer transferkit ({cfg.get('transferkit_version')}).", "upgrade transferkit.")
+        known = {"format_version", "transferkit_version", "backbone", "head", "task", "label_names", "strategy", "info"}
+        unknown = sorted(set(cfg) - known)
+        if unknown:
+            warnings.warn(f"{cfg_path}: ignoring unknown keys {unknown}", stacklevel=2)
+        backbone = backbone_from_recipe(cfg["backbone"], folder)
+        model = cls(
+            backbone,
+            make_head(cfg["head"]),
+            head_spec=cfg["head"],
+            task=cfg["task"],
+            label_names=cfg["label_names"],
+            strategy=cfg["strategy"],
+            info=cfg.get("info", {}),
+        )
+        try:
+            missing, unexpected = load_model(model, str(weights), strict=True)
+        except Exception as e:
+            raise ModelLoadError(f"Weights in {weights} do not match its config.json ({e}).", "re-save the model.") from None
+        return model.eval()
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(type(o))
+
+
+def load(folder: str | Path) -> TransferModel:
+    """Load a saved model folder."""
+    return TransferModel.load(folder)

@@ -1,0 +1,67 @@
+"""The strategy protocol and registry.
+
+A strategy turns labelled train (and optional validation) data plus a ``FitConfig`` into a
+``TransferModel``. Each lives in its own small module and registers itself by name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from ..backbones import create_backbone
+from ..backbones.base import Backbone
+from ..config import FitConfig
+from ..data.dataset import TaskData
+from ..errors import DataError
+from ..heads import head_spec, make_head
+from ..model import TransferModel
+from ..registry import Registry
+
+
+class Strategy(Protocol):
+    name: str
+    description: str
+
+    def fit(
+        self, train: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True
+    ) -> TransferModel: ...
+
+
+STRATEGIES: Registry[type] = Registry("strategy")
+
+
+def register_strategy(name: str):
+    """Class decorator: ``@register_strategy("finetune")``; duplicate names are rejected."""
+
+    def deco(cls):
+        cls.name = name
+        STRATEGIES.register(name, cls)
+        return cls
+
+    return deco
+
+
+def make_backbone(cfg: FitConfig, pretrained: bool = True) -> Backbone:
+    return create_backbone(
+        cfg.backbone,
+        pretrained=pretrained,
+        weights=cfg.backbone_weights,
+        image_size=cfg.image_size,
+        pooling=cfg.pooling,
+        max_length=cfg.max_length,
+    )
+
+
+def check_modality(backbone: Backbone, data: TaskData, cfg: FitConfig) -> None:
+    if backbone.modality != data.modality:
+        raise DataError(
+            f"Backbone {cfg.backbone!r} takes {backbone.modality} inputs but the data holds {data.modality}s.",
+            "use an image backbone (e.g. efficientnet_lite0) for images and a text one (e.g. minilm) for texts.",
+        )
+
+
+def new_model(backbone: Backbone, data: TaskData, cfg: FitConfig, strategy: str, kind: str | None = None) -> TransferModel:
+    check_modality(backbone, data, cfg)
+    spec = head_spec(kind or ("mlp" if cfg.head == "mlp" else "linear"), backbone.num_features, data.num_outputs, cfg.dropout)
+    return TransferModel(backbone, make_head(spec), head_spec=spec, task=data.task, label_names=data.label_names, strategy=strategy)

@@ -1,0 +1,24 @@
+"""Fine-tuning: full, layer-wise (``freeze``), gradual unfreezing, discriminative learning rates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import FitConfig
+from ..data.dataset import TaskData
+from ..engine import train
+from ..model import TransferModel
+from .base import make_backbone, new_model, register_strategy
+
+
+@register_strategy("finetune")
+class FineTune:
+    description = (
+        "fine-tune the pretrained backbone with a new head; --freeze N keeps the first N layer groups frozen, "
+        "--unfreeze gradual trains the head first and unfreezes one more group per stage; deeper groups get higher rates"
+    )
+
+    def fit(self, train_data: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True) -> TransferModel:
+        model = new_model(make_backbone(cfg, pretrained=True), train_data, cfg, self.name)
+        model.info["history"] = train(model, train_data, val, cfg, run_dir=run_dir, progress=progress)
+        return model

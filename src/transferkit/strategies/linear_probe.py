@@ -1,0 +1,129 @@
+"""Feature extraction: frozen backbone, cached embeddings, a new head trained on the cache.
+
+The default head is scikit-learn's logistic regression (ridge for regression) on standardised
+features, its regularisation chosen on the validation set, folded into one ``nn.Linear`` so the
+saved model is plain safetensors. ``--head linear|mlp`` trains a torch head on the cached features.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config import FitConfig
+from ..data.dataset import TaskData
+from ..engine import seed_everything
+from ..features import extract_features
+from ..metrics import primary_metric, task_metrics
+from ..model import TransferModel
+from .base import make_backbone, new_model, register_strategy
+
+C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+
+
+def _fold_standardisation(coef: np.ndarray, intercept: np.ndarray, mean: np.ndarray, scale: np.ndarray):
+    """Weights acting on standardised x -> weights acting on raw x."""
+    w = coef / scale
+    return w, intercept - (coef * (mean / scale)).sum(1)
+
+
+def _sklearn_head(task: str, c: float, seed: int):
+    from sklearn.linear_model import LogisticRegression, Ridge
+    from sklearn.multiclass import OneVsRestClassifier
+
+    if task == "classification":
+        return LogisticRegression(C=c, max_iter=3000, random_state=seed)
+    if task == "multilabel":
+        return OneVsRestClassifier(LogisticRegression(C=c, max_iter=3000, random_state=seed))
+    return Ridge(alpha=1.0 / c)
+
+
+def _coef(est, task: str, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    if task == "multilabel":
+        coef = np.vstack([e.coef_ for e in est.estimators_])
+        return coef, np.concatenate([e.intercept_ for e in est.estimators_])
+    coef = np.atleast_2d(est.coef_)
+    intercept = np.atleast_1d(est.intercept_).astype(np.float64)
+    if task == "classification" and n_out == 2 and coef.shape[0] == 1:  # binary: sklearn keeps one row
+        coef = np.vstack([-coef[0] / 2, coef[0] / 2])
+        intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    return coef, intercept
+
+
+@register_strategy("linear-probe")
+class LinearProbe:
+    description = "feature extraction: frozen backbone, embeddings cached on disk, a new head (logistic regression by default)"
+
+    def fit(self, train_data: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True) -> TransferModel:
+        seed_everything(cfg.seed)
+        backbone = make_backbone(cfg, pretrained=True)
+        model = new_model(backbone, train_data, cfg, self.name, kind="mlp" if cfg.head == "mlp" else "linear")
+        stats: dict = {}
+        f_train = extract_features(backbone, train_data, batch_size=cfg.eval_batch_size, device=cfg.device, stats=stats)
+        f_val = extract_features(backbone, val, batch_size=cfg.eval_batch_size, device=cfg.device, stats=stats) if val is not None and len(val) else None
+        model.info["feature_cache"] = stats
+        if cfg.head == "logistic":
+            self._fit_sklearn(model, f_train.numpy(), train_data, f_val, val, cfg)
+        else:
+            self._fit_torch(model, f_train, train_data, f_val, val, cfg)
+        return model.eval()
+
+    def _fit_sklearn(self, model, x, data, f_val, val, cfg) -> None:
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(x)
+        xs = scaler.transform(x)
+        y = data.targets
+        metric, higher = primary_metric(data.task)
+        grid = C_GRID if f_val is not None else (0.1,)
+        best = None
+        for c in grid:
+            est = _sklearn_head(data.task, c, cfg.seed).fit(xs, y)
+            coef, intercept = _coef(est, data.task, data.num_outputs)
+            if f_val is None:
+                best = (None, c, coef, intercept)
+                break
+            out = scaler.transform(f_val.numpy()) @ coef.T + intercept
+            score = task_metrics(data.task, val.targets, out, data.label_names)[metric]
+            if best is None or (score > best[0] if higher else score < best[0]):
+                best = (score, c, coef, intercept)
+        _, c, coef, intercept = best
+        w, b = _fold_standardisation(coef, intercept, scaler.mean_, np.where(scaler.scale_ > 0, scaler.scale_, 1.0))
+        linear: nn.Linear = model.head[-1]
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(w).float())
+            linear.bias.copy_(torch.from_numpy(b).float())
+        model.info["head_fit"] = {"kind": "logistic" if data.task != "regression" else "ridge", "C": c}
+
+    def _fit_torch(self, model, f_train, data, f_val, val, cfg) -> None:
+        from ..engine import _loss_fn, _targets
+
+        head = model.head
+        opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        loss_fn = _loss_fn(data.task, cfg.label_smoothing)
+        y = _targets(data.task, data.targets, torch.device("cpu"))
+        gen = torch.Generator().manual_seed(cfg.seed)
+        metric, higher = primary_metric(data.task)
+        best, best_state = None, None
+        epochs = max(cfg.epochs, 50)
+        for _ in range(epochs):
+            head.train()
+            perm = torch.randperm(len(f_train), generator=gen)
+            for s in range(0, len(perm), cfg.batch_size):
+                idx = perm[s : s + cfg.batch_size]
+                loss = loss_fn(head(f_train[idx]), y[idx])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            if f_val is not None:
+                head.eval()
+                with torch.no_grad():
+                    score = task_metrics(data.task, val.targets, head(f_val).numpy(), data.label_names)[metric]
+                if best is None or (score > best if higher else score < best):
+                    best, best_state = score, {k: v.clone() for k, v in head.state_dict().items()}
+        if best_state is not None:
+            head.load_state_dict(best_state)
+        model.info["head_fit"] = {"kind": cfg.head, "epochs": epochs}
