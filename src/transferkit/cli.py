@@ -141,9 +141,16 @@ def predict(
     table.add_column("prediction")
     table.add_column("probabilities")
     for r in results:
-        pred = r.get("label") or ", ".join(r.get("labels", [])) or f"{r.get('value', ''):.4g}"
+        if "value" in r:  # regression
+            pred = f"{r['value']:.4g}"
+        elif "labels" in r:  # multilabel: possibly no label above 0.5
+            pred = ", ".join(r["labels"]) or "(none)"
+        else:
+            pred = r["label"]
         probs = ", ".join(f"{k} {v:.3f}" for k, v in list(r.get("probabilities", {}).items())[:top_k])
-        table.add_row(r["input"][:60], str(pred), probs)
+        x = r["input"]  # a long path keeps its file name, a long text its beginning
+        shown = x if len(x) <= 60 else ("…" + x[-59:] if kind == "image" else x[:59] + "…")
+        table.add_row(shown, str(pred), probs)
     out.print(table)
 
 
@@ -269,6 +276,8 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show full traceback
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print one line and exit non-zero (traceback with --debug)."""
+    from rich.markup import escape  # messages hold paths and lists: "[...]" must not be read as markup
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -276,22 +285,27 @@ def main(argv: list[str] | None = None) -> int:
     except TransferkitError as e:
         if debug:
             raise
-        err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return e.exit_code
     except typer.Exit as e:
         return e.exit_code
     except (typer.Abort, KeyboardInterrupt):
         err.print("aborted")
         return 130
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
+    except typer.TyperException as e:  # usage errors of typer's bundled click: unknown option, bad value...
+        # no traceback even with --debug: it would only show click's parser (and "fit X --debug" lands here)
+        if type(e).__name__ == "NoArgsIsHelpError":  # the help was shown already
             return e.exit_code
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "transferkit"
+        msg = e.format_message().rstrip()
+        msg += "" if msg.endswith((".", ")")) else "."
+        err.print(f"[red]error:[/red] {escape(msg)} Fix: see '{escape(where)} --help'.", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except Exception as e:
         if debug:
             raise
-        err.print(f"[red]error:[/red] {type(e).__name__}: {e} (run with --debug for the traceback)", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(f'{type(e).__name__}: {e}')} (run with --debug for the traceback)", highlight=False, soft_wrap=True)
         return 1
     return 0
 

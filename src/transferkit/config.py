@@ -12,6 +12,7 @@ _CHOICES = {
     "schedule": ("cosine", "onecycle"),
     "unfreeze": ("none", "gradual"),
     "head": ("logistic", "linear", "mlp"),
+    "head_init": ("random", "probe"),
     "pooling": ("mean", "cls"),
     "device": ("auto", "cpu", "cuda", "mps"),
 }
@@ -28,6 +29,7 @@ class FitConfig:
     pooling: str = "mean"  # text backbones
     max_length: int | None = None  # text backbones
     head: str = "logistic"  # linear-probe: logistic (sklearn) | linear | mlp; finetune: linear | mlp
+    head_init: str = "random"  # finetune: "probe" starts from a linear probe's head (LP-FT)
     epochs: int = 10
     batch_size: int = 32
     lr: float = 1e-3  # head learning rate

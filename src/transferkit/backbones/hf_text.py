@@ -68,6 +68,9 @@ class HFTextBackbone(Backbone):
         self.num_features = int(config.hidden_size)
         limit = min(int(getattr(self.tokenizer, "model_max_length", 512) or 512), 512)
         limit = min(limit, int(getattr(config, "max_position_embeddings", 512)))
+        if max_length is not None and not 2 <= int(max_length) <= limit:
+            # longer inputs would index past the position embeddings in the middle of training
+            raise ConfigError(f"--max-length {max_length} is outside 2..{limit} for {self.name}.", f"pass --max-length {limit} or less.")
         self.preprocess = TextPreprocess(max_length=int(max_length or min(limit, 128)), pooling=pooling)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

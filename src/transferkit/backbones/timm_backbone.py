@@ -18,14 +18,18 @@ def _load_strict_except_head(model, state: dict[str, torch.Tensor], source: str)
     heads = (head,) if isinstance(head, str) else tuple(head)
     own = model.state_dict()
     state = {k: v for k, v in state.items() if not (k.startswith(heads) and (k not in own or own[k].shape != v.shape))}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith(heads)]
-    if missing or unexpected:
+    # load_state_dict raises a bare RuntimeError on a shape mismatch: check shapes first
+    reshaped = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and not k.startswith(heads)]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected or reshaped:
         raise ModelLoadError(
             f"Weights in {source} do not fit {model.pretrained_cfg.get('architecture', 'the model')}: "
-            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}).",
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]}), "
+            f"{len(reshaped)} with another shape (e.g. {reshaped[:2]}).",
             "use the weights file that matches the architecture named after 'timm/'.",
         )
+    model.load_state_dict(state, strict=False)
 
 
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
@@ -84,7 +88,14 @@ class TimmBackbone(Backbone):
         self.model = model
         self.num_features = int(getattr(model, "head_hidden_size", None) or model.num_features)
         cfg = timm.data.resolve_data_config({}, model=model)
-        size = int(image_size or cfg["input_size"][-1])
+        native = int(cfg["input_size"][-1])
+        if image_size and int(image_size) != native and model.pretrained_cfg.get("fixed_input_size"):
+            # e.g. ViT/Swin: position embeddings fix the input size; the forward pass would assert later
+            raise ConfigError(
+                f"timm/{arch} takes only {native}x{native} inputs (got --image-size {image_size}).",
+                f"drop --image-size or pass {native}.",
+            )
+        size = int(image_size or native)
         self.preprocess = ImagePreprocess(
             input_size=size,
             mean=tuple(float(v) for v in cfg["mean"]),

@@ -62,16 +62,19 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
     try:
         if suffix == ".jsonl":
             rows = []
-            with open(path, encoding="utf-8") as fh:
+            with open(path, encoding="utf-8-sig") as fh:
                 for i, line in enumerate(fh, 1):
                     if line.strip():
                         try:
-                            rows.append(json.loads(line))
+                            row = json.loads(line)
                         except json.JSONDecodeError as e:
                             raise DataError(f"{path}:{i} is not valid JSON ({e.msg}).", "fix or remove that line.") from None
+                        if not isinstance(row, dict):
+                            raise DataError(f"{path}:{i} is not a JSON object.", 'write one object per line, e.g. {"text": "...", "label": "..."}.')
+                        rows.append(row)
             return rows
         delimiter = "\t" if suffix in (".tsv", ".tab") else ","
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open(path, encoding="utf-8-sig", newline="") as fh:  # -sig: Excel's UTF-8 CSV starts with a BOM
             return list(csv.DictReader(fh, delimiter=delimiter))
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text.", "save the manifest as UTF-8 CSV, TSV or JSONL.") from None
@@ -206,25 +209,42 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
     return TaskData(inputs, targets, names, "image" if pcol else "text", task, str(path))
 
 
+def _path_kind(item: str) -> str:
+    """'dir', 'file', or '' when ``item`` is no existing path (a raw text: too long, odd characters...)."""
+    try:
+        p = Path(item)
+        return "dir" if p.is_dir() else "file" if p.is_file() else ""
+    except (OSError, ValueError):  # e.g. a text longer than a file name may be, or with a NUL byte
+        return ""
+
+
 def load_inputs(items: Sequence[str]) -> tuple[list[str], str]:
     """Expand CLI inputs for prediction: image files, folders of images, a .txt file of lines, or raw texts."""
     out: list[str] = []
     kinds = set()
     for item in items:
         p = Path(item)
-        if p.is_dir():
+        kind = _path_kind(item)
+        if kind == "dir":
             files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
             if not files:
                 raise DataError(f"Folder {p} contains no images.", "pass image files or a folder of images.")
             out += [str(f) for f in files]
             kinds.add("image")
-        elif p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS:
+        elif kind == "file" and p.suffix.lower() in IMAGE_EXTENSIONS:
             out.append(str(p))
             kinds.add("image")
-        elif p.is_file() and p.suffix.lower() in (".txt",):
-            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        elif kind == "file" and p.suffix.lower() in (".txt",):
+            try:
+                lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
+            except UnicodeDecodeError:
+                raise DataError(f"{p} is not UTF-8 text.", "save it as UTF-8, one input per line.") from None
+            if not lines:
+                raise DataError(f"{p} has no non-empty lines.", "write one text per line.")
             out += lines
             kinds.add("text")
+        elif not kind and "\n" not in item and Path(item.strip()).suffix.lower() in IMAGE_EXTENSIONS | {".txt"}:
+            raise DataError(f"File {item} does not exist.", "check the path (a text to predict must not end in a file extension).")
         else:
             out.append(item)
             kinds.add("text")

@@ -26,6 +26,8 @@ def open_rgb(path: str | Path):
         with Image.open(path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I") or im.mode == "F":
+                im = _to_8bit(im)
             if im.mode == "P":
                 im = im.convert("RGBA")
             if im.mode in ("RGBA", "LA") or "transparency" in im.info:
@@ -40,6 +42,22 @@ def open_rgb(path: str | Path):
             f"Cannot read image {path} ({type(e).__name__}: {e}).",
             "remove or replace the file.",
         ) from None
+
+
+def _to_8bit(im):
+    """16/32-bit integer or float greyscale -> 8-bit 'L' by scaling (PIL's own convert clips at 255,
+    which turns a 16-bit image almost white)."""
+    from PIL import Image
+
+    a = np.nan_to_num(np.asarray(im, dtype=np.float64)).clip(0, None)
+    top = float(a.max()) if a.size else 0.0
+    if im.mode.startswith("I;16"):
+        full = 65535.0
+    elif im.mode == "F" and top <= 1.0:
+        full = 1.0
+    else:
+        full = 255.0 if top <= 255 else 65535.0 if top <= 65535 else top
+    return Image.fromarray(np.rint(a * (255.0 / full)).clip(0, 255).astype(np.uint8))
 
 
 def decode_image(path: str | Path, size: int, interpolation: str = "bicubic") -> torch.Tensor:

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from ..config import FitConfig
 from ..data.dataset import TaskData
-from ..engine import train
+from ..engine import seed_everything, train
 from ..model import TransferModel
 from .base import make_backbone, new_model, register_strategy
+from .linear_probe import fit_probe_head
 
 
 @register_strategy("finetune")
@@ -19,6 +20,10 @@ class FineTune:
     )
 
     def fit(self, train_data: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True) -> TransferModel:
+        seed_everything(cfg.seed)  # the head's (and, for scratch, the backbone's) init follows --seed
         model = new_model(make_backbone(cfg, pretrained=True), train_data, cfg, self.name)
+        if cfg.head_init == "probe":
+            # LP-FT: start from a linear probe's head so early updates do not distort pretrained features
+            fit_probe_head(model, train_data, val, cfg, "linear")  # same loss as fine-tuning: calibrated logits
         model.info["history"] = train(model, train_data, val, cfg, run_dir=run_dir, progress=progress)
         return model

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import FitConfig
 from ..data.dataset import TaskData
-from ..engine import seed_everything
+from ..engine import check_labels, seed_everything
 from ..features import extract_features
 from ..metrics import primary_metric, task_metrics
 from ..model import TransferModel
@@ -41,16 +41,55 @@ def _sklearn_head(task: str, c: float, seed: int):
     return Ridge(alpha=1.0 / c)
 
 
+_ABSENT = 1e4  # logit magnitude for a class (or multilabel column) without training examples
+
+
 def _coef(est, task: str, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """sklearn's coefficients as one row per output, in label order.
+
+    sklearn only knows the classes present in the training labels (``classes_``); a class without
+    training examples gets a zero row and a very negative bias so it is never predicted, and a
+    multilabel column that is constant in training gets the constant (sklearn's _ConstantPredictor).
+    """
     if task == "multilabel":
-        coef = np.vstack([e.coef_ for e in est.estimators_])
-        return coef, np.concatenate([e.intercept_ for e in est.estimators_])
+        rows, biases = [], []
+        for e in est.estimators_:
+            if hasattr(e, "coef_"):
+                rows.append(np.atleast_2d(e.coef_)[0])
+                biases.append(float(np.atleast_1d(e.intercept_)[0]))
+            else:
+                rows.append(np.zeros(est.n_features_in_))
+                biases.append(_ABSENT if float(np.ravel(e.y_)[0]) >= 0.5 else -_ABSENT)
+        return np.vstack(rows), np.asarray(biases, dtype=np.float64)
     coef = np.atleast_2d(est.coef_)
     intercept = np.atleast_1d(est.intercept_).astype(np.float64)
-    if task == "classification" and n_out == 2 and coef.shape[0] == 1:  # binary: sklearn keeps one row
+    if task != "classification":
+        return coef, intercept
+    if coef.shape[0] == 1:  # binary: sklearn keeps one row (classes_[1] against classes_[0])
         coef = np.vstack([-coef[0] / 2, coef[0] / 2])
         intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+    classes = np.asarray(est.classes_, dtype=np.int64)
+    if len(classes) != n_out or (classes != np.arange(n_out)).any():
+        full_coef = np.zeros((n_out, coef.shape[1]))
+        full_intercept = np.full(n_out, -_ABSENT)
+        full_coef[classes], full_intercept[classes] = coef, intercept
+        coef, intercept = full_coef, full_intercept
     return coef, intercept
+
+
+def fit_probe_head(model: TransferModel, train_data: TaskData, val: TaskData | None, cfg: FitConfig, head: str = "logistic") -> TransferModel:
+    """Fit ``model.head`` on the frozen backbone's cached features (also used by fine-tuning's probe init)."""
+    check_labels(model, train_data)  # before any work: never an index error or device assert later
+    backbone = model.backbone
+    stats: dict = {}
+    f_train = extract_features(backbone, train_data, batch_size=cfg.eval_batch_size, device=cfg.device, stats=stats)
+    f_val = extract_features(backbone, val, batch_size=cfg.eval_batch_size, device=cfg.device, stats=stats) if val is not None and len(val) else None
+    model.info["feature_cache"] = stats
+    if head == "logistic":
+        LinearProbe._fit_sklearn(model, f_train.numpy(), train_data, f_val, val, cfg)
+    else:
+        LinearProbe._fit_torch(model, f_train, train_data, f_val, val, cfg)
+    return model
 
 
 @register_strategy("linear-probe")
@@ -61,17 +100,10 @@ class LinearProbe:
         seed_everything(cfg.seed)
         backbone = make_backbone(cfg, pretrained=True)
         model = new_model(backbone, train_data, cfg, self.name, kind="mlp" if cfg.head == "mlp" else "linear")
-        stats: dict = {}
-        f_train = extract_features(backbone, train_data, batch_size=cfg.eval_batch_size, device=cfg.device, stats=stats)
-        f_val = extract_features(backbone, val, batch_size=cfg.eval_batch_size, device=cfg.device, stats=stats) if val is not None and len(val) else None
-        model.info["feature_cache"] = stats
-        if cfg.head == "logistic":
-            self._fit_sklearn(model, f_train.numpy(), train_data, f_val, val, cfg)
-        else:
-            self._fit_torch(model, f_train, train_data, f_val, val, cfg)
-        return model.eval()
+        return fit_probe_head(model, train_data, val, cfg, cfg.head).eval()
 
-    def _fit_sklearn(self, model, x, data, f_val, val, cfg) -> None:
+    @staticmethod
+    def _fit_sklearn(model, x, data, f_val, val, cfg) -> None:
         from sklearn.preprocessing import StandardScaler
 
         scaler = StandardScaler().fit(x)
@@ -98,7 +130,8 @@ class LinearProbe:
             linear.bias.copy_(torch.from_numpy(b).float())
         model.info["head_fit"] = {"kind": "logistic" if data.task != "regression" else "ridge", "C": c}
 
-    def _fit_torch(self, model, f_train, data, f_val, val, cfg) -> None:
+    @staticmethod
+    def _fit_torch(model, f_train, data, f_val, val, cfg) -> None:
         from ..engine import _loss_fn, _targets
 
         head = model.head
