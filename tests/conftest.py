@@ -20,9 +20,14 @@ TINY_CLASSES = {
 
 @pytest.fixture
 def tk_cache(tmp_path, monkeypatch) -> Path:
-    """Point ``TRANSFERKIT_CACHE`` at a per-test folder so nothing is written to the home folder."""
+    """Point ``TRANSFERKIT_CACHE`` at a per-test folder so nothing is written to the home folder,
+    and never contact the Hugging Face hub (no network waits)."""
     path = tmp_path / "tk-cache"
     monkeypatch.setenv("TRANSFERKIT_CACHE", str(path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     return path
 
 
@@ -72,6 +77,9 @@ def tiny_timm_weights(tmp_path_factory) -> Path:
     timm = pytest.importorskip("timm")
     from safetensors.torch import save_file
 
+    import torch
+
+    torch.manual_seed(1234)  # not 0: a scratch run seeded 0 must not start from these "pretrained" weights
     model = timm.create_model("test_efficientnet", pretrained=False)
     path = tmp_path_factory.mktemp("tiny-timm") / "test_efficientnet.safetensors"
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
@@ -94,3 +102,16 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     BertModel(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy 2-core runner two OpenMP threads per
+    process make each step many times slower; restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+

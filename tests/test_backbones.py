@@ -18,28 +18,12 @@ from transferkit.backbones import create_backbone, list_backbones
 from transferkit.errors import ConfigError, ModelLoadError
 
 timm = pytest.importorskip("timm")
+pytestmark = pytest.mark.usefixtures("one_thread", "tk_cache")
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core runner two OpenMP threads per
-    process make each step many times slower; restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Private cache per test; the Hugging Face hub is never contacted (no network waits)."""
-    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "tk-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    return tmp_path / "tk-cache"
 
 
 def _save_random(arch: str, path: Path, seed: int = 0) -> Path:
@@ -264,11 +248,22 @@ def test_list_backbones_offline_models():
     assert transferkit.list_backbones() == list_backbones()
 
 
-def test_efficientnet_lite0_preprocessing_from_timm(_isolated):
+def test_efficientnet_lite0_preprocessing_from_timm(tk_cache):
     bb = create_backbone("efficientnet_lite0")
     pre = bb.preprocess
     assert pre.mean == (0.5, 0.5, 0.5) and pre.std == (0.5, 0.5, 0.5)
     assert pre.crop_pct == 0.875 and pre.interpolation == "bicubic" and pre.input_size == 224
     assert pre.resize_size == 256
     assert bb.arch == "tf_efficientnet_lite0" and bb.num_features == 1280
-    assert list((_isolated / "weights").glob("efficientnet_lite0-*.safetensors")), "converted weights are cached"
+    assert list((tk_cache / "weights").glob("efficientnet_lite0-*.safetensors")), "converted weights are cached"
+
+
+def test_timm_folder_preprocessing_comes_from_its_config(weights, tmp_path):
+    folder = tmp_path / "custom-norm"
+    folder.mkdir()
+    pre = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "crop_pct": 1.0, "interpolation": "bilinear"}
+    (folder / "config.json").write_text(json.dumps({"architecture": "test_efficientnet", "pretrained_cfg": pre}))
+    (folder / "model.safetensors").write_bytes(weights["test_efficientnet"].read_bytes())
+    bb = create_backbone(str(folder))
+    assert bb.preprocess.mean == (0.5, 0.5, 0.5) and bb.preprocess.std == (0.25, 0.25, 0.25)
+    assert bb.preprocess.crop_pct == 1.0 and bb.preprocess.interpolation == "bilinear"

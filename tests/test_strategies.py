@@ -35,25 +35,11 @@ TEXTS = {
 }
 
 
+pytestmark = pytest.mark.usefixtures("one_thread", "tk_cache")
+
 # ------------------------------------------------------------------ fixtures and helpers
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core runner two OpenMP threads per
-    process make each step many times slower; restored after this module."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
-@pytest.fixture(autouse=True)
-def _isolated(tmp_path, monkeypatch):
-    """Private feature/weights cache per test; the Hugging Face hub is never contacted."""
-    monkeypatch.setenv("TRANSFERKIT_CACHE", str(tmp_path / "tk-cache"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
 
 
 def _write_images(root: Path, n_per_class: int, seed: int) -> Path:

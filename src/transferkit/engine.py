@@ -119,9 +119,13 @@ def train(
     """Train ``model`` in place. Returns one record per epoch; best weights (on val) are restored."""
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    check_labels(model, train_data)
     if val_data is not None and len(val_data) == 0:
         val_data = None
+    for part in (train_data, val_data):
+        if part is not None:
+            check_labels(model, part)
+    if len(train_data) < 2:
+        raise TrainingError(f"Training needs at least 2 examples (got {len(train_data)}).", "add data or lower --val-fraction/--test-fraction.")
     backbone = model.backbone
     n_groups = len(backbone.layer_groups())
     model.to(device)
@@ -151,7 +155,7 @@ def train(
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
 
-    bar = _progress(progress)
+    bar = progress_bar(progress)
     step = 0
     with bar:
         task_id = bar.add_task("train", total=total, info="")
@@ -218,7 +222,8 @@ def train(
     return history
 
 
-def _progress(enabled: bool):
+def progress_bar(enabled: bool):
+    """A rich progress bar (tasks take an ``info`` field), or a no-op stand-in."""
     if not enabled:
         return _NullBar()
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn

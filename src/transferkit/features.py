@@ -28,16 +28,23 @@ def backbone_fingerprint(backbone: Backbone) -> str:
 
 
 @torch.no_grad()
-def compute_features(backbone: Backbone, inputs: list[str], batch_size: int = 128, device: str | torch.device = "auto") -> torch.Tensor:
+def compute_features(
+    backbone: Backbone, inputs: list[str], batch_size: int = 128, device: str | torch.device = "auto", progress: bool = False
+) -> torch.Tensor:
+    from .engine import progress_bar
+
     dev = resolve_device(device) if isinstance(device, str) else device
     prepared = prepare(backbone, inputs)
     was_training = backbone.training
     backbone.eval().to(dev)
     out = []
-    for start in range(0, len(inputs), batch_size):
-        idx = list(range(start, min(len(inputs), start + batch_size)))
-        with autocast(dev):
-            out.append(backbone(make_batch(backbone, prepared, idx, dev)).float().cpu())
+    with progress_bar(progress) as bar:
+        task = bar.add_task("features", total=len(inputs), info=backbone.name)
+        for start in range(0, len(inputs), batch_size):
+            idx = list(range(start, min(len(inputs), start + batch_size)))
+            with autocast(dev):
+                out.append(backbone(make_batch(backbone, prepared, idx, dev)).float().cpu())
+            bar.update(task, advance=len(idx))
     backbone.train(was_training).cpu()
     return torch.cat(out) if out else torch.zeros((0, backbone.num_features))
 
@@ -50,10 +57,11 @@ def extract_features(
     device: str | torch.device = "auto",
     cache: bool = True,
     stats: dict | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Pooled features ``[N, D]`` (float32) for ``TaskData``; cached by backbone + preprocessing + data."""
     if not cache:
-        return compute_features(backbone, data.inputs, batch_size, device)
+        return compute_features(backbone, data.inputs, batch_size, device, progress)
     key = hashlib.sha256(
         f"{backbone_fingerprint(backbone)}|{json.dumps(backbone.preprocess.to_dict(), sort_keys=True)}|{data.content_digest()}".encode()
     ).hexdigest()[:32]
@@ -69,7 +77,7 @@ def extract_features(
                 return feats
         except Exception:
             pass  # unreadable cache entry: recompute and overwrite
-    feats = compute_features(backbone, data.inputs, batch_size, device)
+    feats = compute_features(backbone, data.inputs, batch_size, device, progress)
     with atomic_path(path) as tmp:
         save_file({"features": feats.contiguous()}, str(tmp))
     if stats is not None:

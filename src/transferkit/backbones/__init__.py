@@ -85,7 +85,7 @@ def create_backbone(
     ``pretrained=False`` gives the same architecture randomly initialised (the scratch baseline).
     """
     from .hf_text import HFTextBackbone
-    from .timm_backbone import TimmBackbone, timm_folder_arch
+    from .timm_backbone import TimmBackbone, timm_folder_config
 
     if name in BACKBONES:
         return BACKBONES.get(name).factory(pretrained=pretrained, image_size=image_size, pooling=pooling, max_length=max_length)
@@ -95,10 +95,11 @@ def create_backbone(
         return HFTextBackbone(name[3:], pretrained=pretrained, pooling=pooling, max_length=max_length, name=name)
     path = Path(name)
     if path.is_dir():
-        arch = timm_folder_arch(path)
-        if arch:
-            file = path / "model.safetensors"
-            return TimmBackbone(arch, pretrained=pretrained, weights=file, image_size=image_size, name=f"timm/{arch}")
+        found = timm_folder_config(path)
+        if found:
+            arch, pre = found
+            return TimmBackbone(arch, pretrained=pretrained, weights=path / "model.safetensors", image_size=image_size,
+                                name=f"timm/{arch}", pretrained_cfg=pre)
         if (path / "config.json").is_file():
             return HFTextBackbone(path, pretrained=pretrained, pooling=pooling, max_length=max_length, name=str(path))
     raise ConfigError(

@@ -61,6 +61,7 @@ class TimmBackbone(Backbone):
         weights: str | Path | None = None,
         image_size: int | None = None,
         name: str | None = None,
+        pretrained_cfg: dict[str, Any] | None = None,
     ):
         super().__init__(name or f"timm/{arch}")
         import timm
@@ -69,7 +70,8 @@ class TimmBackbone(Backbone):
         if arch not in timm.list_models() and not timm.is_model(arch):
             raise ConfigError(f"Unknown timm architecture {arch!r}.", "see timm.list_models() for names.")
         if weights is not None:
-            model = timm.create_model(arch, pretrained=False)
+            # a local folder's own pretrained_cfg (mean/std/crop) overrides the architecture's default
+            model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=pretrained_cfg or None)
             if pretrained:
                 _load_strict_except_head(model, read_safetensors(weights), str(weights))
             model.reset_classifier(0)
@@ -130,8 +132,9 @@ class TimmBackbone(Backbone):
         return bb
 
 
-def timm_folder_arch(folder: Path) -> str | None:
-    """A timm hub-style folder has config.json with 'architecture' beside model.safetensors."""
+def timm_folder_config(folder: Path) -> tuple[str, dict[str, Any]] | None:
+    """A timm hub-style folder has config.json with 'architecture' (and 'pretrained_cfg') beside
+    model.safetensors; returns (architecture, pretrained_cfg) or None."""
     cfg = folder / "config.json"
     if not cfg.is_file():
         return None
@@ -139,4 +142,8 @@ def timm_folder_arch(folder: Path) -> str | None:
         data = json.loads(cfg.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return data.get("architecture")
+    if not isinstance(data, dict) or not data.get("architecture"):
+        return None
+    pre = data.get("pretrained_cfg") if isinstance(data.get("pretrained_cfg"), dict) else {}
+    keep = ("input_size", "mean", "std", "interpolation", "crop_pct", "crop_mode")
+    return data["architecture"], {k: pre[k] for k in keep if k in pre}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -31,7 +31,6 @@ class TaskData:
     modality: str  # "image" | "text"
     task: str = "classification"
     source: str = ""
-    _digest: str | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -45,16 +44,16 @@ class TaskData:
         return TaskData([self.inputs[i] for i in idx], self.targets[idx], list(self.label_names), self.modality, self.task, self.source)
 
     def content_digest(self) -> str:
-        """Hash of the inputs' content (file bytes for images, the text itself) in order."""
-        if self._digest is None:
-            h = hashlib.sha256(self.modality.encode())
-            for x in self.inputs:
-                if self.modality == "image":
-                    h.update(hashlib.sha256(Path(x).read_bytes()).digest())
-                else:
-                    h.update(hashlib.sha256(x.encode("utf-8")).digest())
-            self._digest = h.hexdigest()
-        return self._digest
+        """Hash of the inputs' content (file bytes for images, the text itself) in order.
+
+        Recomputed on every call, so a file changed on disk changes the digest."""
+        h = hashlib.sha256(self.modality.encode())
+        for x in self.inputs:
+            if self.modality == "image":
+                h.update(hashlib.sha256(Path(x).read_bytes()).digest())
+            else:
+                h.update(hashlib.sha256(x.encode("utf-8")).digest())
+        return h.hexdigest()
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:
@@ -83,9 +82,13 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
 def _targets(labels: list, task: str, label_sep: str, where: str, label_names: list[str] | None):
     if task == "regression":
         try:
-            return np.asarray([float(v) for v in labels], dtype=np.float32), []
+            values = np.asarray([float(v) for v in labels], dtype=np.float32)
         except (TypeError, ValueError):
             raise DataError(f"{where}: regression labels must be numbers.", "use --task classification for categories.") from None
+        if not np.isfinite(values).all():
+            bad = int(np.flatnonzero(~np.isfinite(values))[0])
+            raise DataError(f"{where}: regression label {labels[bad]!r} (example {bad + 1}) is not a finite number.", "fix or remove that row.")
+        return values, []
     if task == "multilabel":
         sets = [[s.strip() for s in str(v).split(label_sep) if s.strip()] if not isinstance(v, list) else [str(s) for s in v] for v in labels]
         names = label_names or sorted({s for row in sets for s in row})
@@ -188,7 +191,9 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
     inputs, labels = [], []
     for i, row in enumerate(rows, 2 if path.suffix.lower() != ".jsonl" else 1):
         label = row.get(label_col)
-        if label is None or (isinstance(label, str) and not label.strip()):
+        if task == "multilabel" and label is not None and not str(label).strip():
+            label = ""  # a multilabel row may carry none of the labels
+        elif label is None or (isinstance(label, str) and not label.strip()):
             raise DataError(f"{path} row {i}: empty value in label column {label_col!r}.", "fill it in or remove the row.")
         if pcol:
             value = row.get(pcol)

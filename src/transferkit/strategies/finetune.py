@@ -24,6 +24,6 @@ class FineTune:
         model = new_model(make_backbone(cfg, pretrained=True), train_data, cfg, self.name)
         if cfg.head_init == "probe":
             # LP-FT: start from a linear probe's head so early updates do not distort pretrained features
-            fit_probe_head(model, train_data, val, cfg, "linear")  # same loss as fine-tuning: calibrated logits
+            fit_probe_head(model, train_data, val, cfg, "linear", progress)  # same loss as fine-tuning: calibrated logits
         model.info["history"] = train(model, train_data, val, cfg, run_dir=run_dir, progress=progress)
         return model

@@ -77,13 +77,16 @@ def _coef(est, task: str, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return coef, intercept
 
 
-def fit_probe_head(model: TransferModel, train_data: TaskData, val: TaskData | None, cfg: FitConfig, head: str = "logistic") -> TransferModel:
+def fit_probe_head(
+    model: TransferModel, train_data: TaskData, val: TaskData | None, cfg: FitConfig, head: str = "logistic", progress: bool = False
+) -> TransferModel:
     """Fit ``model.head`` on the frozen backbone's cached features (also used by fine-tuning's probe init)."""
     check_labels(model, train_data)  # before any work: never an index error or device assert later
     backbone = model.backbone
     stats: dict = {}
-    f_train = extract_features(backbone, train_data, batch_size=cfg.eval_batch_size, device=cfg.device, stats=stats)
-    f_val = extract_features(backbone, val, batch_size=cfg.eval_batch_size, device=cfg.device, stats=stats) if val is not None and len(val) else None
+    kw = {"batch_size": cfg.eval_batch_size, "device": cfg.device, "stats": stats, "progress": progress}
+    f_train = extract_features(backbone, train_data, **kw)
+    f_val = extract_features(backbone, val, **kw) if val is not None and len(val) else None
     model.info["feature_cache"] = stats
     if head == "logistic":
         LinearProbe._fit_sklearn(model, f_train.numpy(), train_data, f_val, val, cfg)
@@ -100,7 +103,7 @@ class LinearProbe:
         seed_everything(cfg.seed)
         backbone = make_backbone(cfg, pretrained=True)
         model = new_model(backbone, train_data, cfg, self.name, kind="mlp" if cfg.head == "mlp" else "linear")
-        return fit_probe_head(model, train_data, val, cfg, cfg.head).eval()
+        return fit_probe_head(model, train_data, val, cfg, cfg.head, progress).eval()
 
     @staticmethod
     def _fit_sklearn(model, x, data, f_val, val, cfg) -> None:
