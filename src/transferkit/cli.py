@@ -137,7 +137,7 @@ def predict(
             print(json.dumps(r))
         return
     table = Table()
-    table.add_column("input")
+    table.add_column("input", overflow="fold")
     table.add_column("prediction")
     table.add_column("probabilities")
     for r in results:
