@@ -12,6 +12,7 @@ import numpy as np
 
 from .config import FitConfig
 from .data.dataset import TaskData, load_data, split_data
+from .data.validate import screen, validate_command
 from .metrics import primary_metric
 from .model import TransferModel
 from .strategies import get_strategy
@@ -28,27 +29,50 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _as_data(data, loader_kw: dict[str, Any], label_names: list[str] | None = None) -> TaskData:
+def _as_data(data, loader_kw: dict[str, Any], label_names: list[str] | None = None, keep_bad_samples: bool = False) -> TaskData:
     if isinstance(data, TaskData):
         return data
-    return load_data(data, label_names=label_names, **loader_kw)
+    return load_data(data, label_names=label_names, keep_bad_samples=keep_bad_samples, **loader_kw)
+
+
+def screen_splits(
+    train: TaskData, val: TaskData | None, test: TaskData | None, cfg: FitConfig
+) -> tuple[TaskData, TaskData | None, TaskData | None]:
+    """Apply ``cfg.on_bad_sample`` to each set before training: stop at the first unusable sample,
+    or leave them out (listed in each set's ``skipped``). Already screened sets are kept as they are;
+    a set left empty becomes None."""
+    command = validate_command(train.source, val.source if val is not None else None, test.source if test is not None else None)
+    train = screen(train, "train", cfg.on_bad_sample, cfg.max_bad_fraction, command)
+    val = screen(val, "val", cfg.on_bad_sample, cfg.max_bad_fraction, command) if val is not None else None
+    test = screen(test, "test", cfg.on_bad_sample, cfg.max_bad_fraction, command) if test is not None else None
+    return train, (val if val is not None and len(val) else None), (test if test is not None and len(test) else None)
+
+
+def skipped_samples(*parts: TaskData | None) -> dict[str, Any]:
+    """``{"count": n, "files": [...]}``: the unusable samples left out of these sets."""
+    files = [x for part in parts if part is not None for x in (part.skipped or [])]
+    return {"count": len(files), "files": files}
 
 
 def prepare_splits(
     data, val_data=None, test_data=None, cfg: FitConfig | None = None, **loader_kw: Any
 ) -> tuple[TaskData, TaskData | None, TaskData | None]:
-    """Load data; split it stratified with ``cfg.split_seed`` where val/test sets are not given."""
+    """Load data, apply ``cfg.on_bad_sample`` (before any training work), then split it stratified
+    with ``cfg.split_seed`` where val/test sets are not given. Samples left out are listed in the
+    sets' ``skipped`` (those of ``data`` in the train set's)."""
     cfg = cfg or FitConfig()
-    full = _as_data(data, loader_kw)
+    full = _as_data(data, loader_kw, keep_bad_samples=True)
     names = full.label_names if full.task != "regression" else None
-    val = _as_data(val_data, loader_kw, names) if val_data is not None else None
-    test = _as_data(test_data, loader_kw, names) if test_data is not None else None
+    val = _as_data(val_data, loader_kw, names, True) if val_data is not None else None
+    test = _as_data(test_data, loader_kw, names, True) if test_data is not None else None
+    full, val, test = screen_splits(full, val, test, cfg)
     val_frac = 0.0 if val is not None else cfg.val_fraction
     test_frac = 0.0 if test is not None else cfg.test_fraction
     if val_frac or test_frac:
         train, v, t = split_data(full, val=val_frac, test=test_frac, seed=cfg.split_seed)
         val = val if val is not None else v
         test = test if test is not None else t
+        train.skipped = list(full.skipped or [])
     else:
         train = full
     return train, (val if val is not None and len(val) else None), (test if test is not None and len(test) else None)
@@ -64,6 +88,7 @@ def fit(
     progress: bool = True,
     loader: dict[str, Any] | None = None,
     splits: tuple[TaskData, TaskData | None, TaskData | None] | None = None,
+    resume: str | Path | None = None,
     **overrides: Any,
 ) -> FitResult:
     """Train a transferred model.
@@ -72,13 +97,29 @@ def fit(
     train/val/test unless ``val_data``/``test_data`` are given. ``overrides`` are ``FitConfig`` fields
     (``backbone="minilm"``, ``strategy="linear-probe"``, ``epochs=5``...). With ``out``, the run folder
     gets ``metrics.jsonl``, ``report.json`` and the model under ``out/model``.
+
+    ``resume=RUN_DIR`` continues an interrupted run from its newest checkpoint, with the run's own
+    options unless ``config``/``overrides`` change them (a different model or task is refused,
+    other changes are warned about).
     """
+    if resume is not None:
+        from . import checkpoint
+
+        if out is not None and Path(out) != Path(resume):
+            from .errors import ConfigError
+
+            raise ConfigError(f"--out {out} differs from --resume {resume}.", "a resumed run continues in its own folder; drop --out.")
+        out = resume
+        saved = checkpoint.load(Path(resume)).state["config"]
+        config = config or FitConfig.from_dict(saved)
     cfg = (config or FitConfig()).replace(**overrides) if overrides else (config or FitConfig())
     strategy = get_strategy(cfg.strategy)  # unknown names fail before any work
+    if splits is not None:  # sets built by the caller are screened too (no-op when prepare_splits made them)
+        splits = screen_splits(*splits, cfg)
     train, val, test = splits or prepare_splits(data, val_data, test_data, cfg, **(loader or {}))
     run_dir = Path(out) if out is not None else None
     t0 = time.perf_counter()
-    model = strategy.fit(train, val, cfg, run_dir=run_dir, progress=progress)
+    model = strategy.fit(train, val, cfg, run_dir=run_dir, progress=progress, resume=resume is not None)
     seconds = time.perf_counter() - t0
     metrics: dict[str, dict[str, Any]] = {}
     for name, part in (("val", val), ("test", test)):
@@ -89,6 +130,7 @@ def fit(
         "fit_config": cfg.to_dict(),
         "train_seconds": round(seconds, 2),
         "data": {"source": train.source, "n_train": len(train), "n_val": len(val or []), "n_test": len(test or [])},
+        "skipped_samples": skipped_samples(train, val, test),
     })
     history = model.info.get("history", [])
     if run_dir is not None:
@@ -192,6 +234,8 @@ def compare(
     names = list(dict.fromkeys([*strategies, baseline]))
     for n in names:
         get_strategy(n)
+    if splits is not None:  # screened once here, not again by each fit
+        splits = screen_splits(*splits, cfg)
     train, val, test = splits or prepare_splits(data, val_data, test_data, cfg, **(loader or {}))
     evaluated = test if test is not None else val
     if evaluated is None:

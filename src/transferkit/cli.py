@@ -42,10 +42,12 @@ _HELP = {
 
 
 def _config_options(func):
-    """Add every ``FitConfig`` field as a ``--option`` and pass a validated ``cfg`` to ``func``."""
+    """Add every ``FitConfig`` field as a ``--option`` and pass a validated ``cfg`` to ``func``, and
+    ``explicit``: the config options given on the command line (a resumed run keeps the others)."""
     hints = typing.get_type_hints(FitConfig)
     sig = inspect.signature(func)
-    params = [p for p in sig.parameters.values() if p.name != "cfg"]
+    params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
+    params += [p for p in sig.parameters.values() if p.name not in ("cfg", "explicit")]
     names = set()
     for f in fields(FitConfig):
         default = f.default if f.default is not MISSING else None
@@ -60,9 +62,12 @@ def _config_options(func):
         names.add(f.name)
 
     @functools.wraps(func)
-    def wrapper(*args, **kwargs):
+    def wrapper(ctx: typer.Context, *args, **kwargs):
         cfg_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
-        return func(*args, cfg=FitConfig(**cfg_kw), **kwargs)
+        source = ctx.get_parameter_source
+        explicit = {k: v for k, v in cfg_kw.items() if source(k) is not None and source(k).name == "COMMANDLINE"}
+        extra = {"explicit": explicit} if "explicit" in sig.parameters else {}
+        return func(*args, cfg=FitConfig(**cfg_kw), **extra, **kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=params)
     return wrapper
@@ -101,13 +106,25 @@ def fit(
     path_column: Optional[str] = PathColumn,
     task: str = Task,
     progress: bool = typer.Option(True, help="show a progress bar"),
+    resume: Optional[Path] = typer.Option(None, help="continue an interrupted run from RUN_DIR's newest checkpoint "
+                                          "(its own options; those given here override them)"),
     cfg: FitConfig = None,
+    explicit: dict = None,
 ):
-    """Train a model on DATA with a transfer strategy and save it."""
+    """Train a model on DATA with a transfer strategy and save it.
+
+    Exit codes: 0 done, 2 bad input or option, 3 training failed (e.g. non-finite loss),
+    75 stopped by SIGTERM/SIGINT after writing a checkpoint (continue with --resume RUN_DIR)."""
     from .api import fit as api_fit
 
-    res = api_fit(data, val_data=val_data, test_data=test_data, out=out_dir, config=cfg, progress=progress,
-                  loader=_loader(label_column, text_column, path_column, task))
+    loader = _loader(label_column, text_column, path_column, task)
+    if resume is not None:
+        out_dir = resume
+        res = api_fit(data, val_data=val_data, test_data=test_data, resume=resume, progress=progress, loader=loader, **explicit)
+        cfg = FitConfig.from_dict(res.model.info["fit_config"])
+    else:
+        res = api_fit(data, val_data=val_data, test_data=test_data, out=out_dir, config=cfg, progress=progress, loader=loader)
+    _warn_skipped(res.model.info.get("skipped_samples"), data, out_dir / "report.json")
     out.print(_metrics_table(f"{cfg.strategy} on {cfg.backbone} ({res.seconds:.1f} s)", res.metrics))
     out.print(f"Model saved to {out_dir / 'model'}. Predict with: transferkit predict {out_dir / 'model'} INPUTS...")
 
@@ -187,6 +204,58 @@ def evaluate(
         for i, (name, row) in enumerate(zip(model.label_names, m["confusion_matrix"])):
             cm.add_row(f"{i} {name}", *[str(v) for v in row])
         out.print(cm)
+
+
+def _warn_skipped(skipped: dict[str, Any] | None, data: Path, report: Path) -> None:
+    """One warning line on stderr when ``--on-bad-sample skip`` left samples out."""
+    from rich.markup import escape
+
+    if skipped and skipped.get("count"):
+        n, files = skipped["count"], skipped["files"]
+        err.print(f"[yellow]warning:[/yellow] left out {n} unusable sample{'s' if n > 1 else ''} ({escape(files[0])}"
+                  f"{', ...' if n > 1 else ''}); all listed under skipped_samples in {escape(str(report))}; see also: transferkit validate {escape(str(data))}",
+                  highlight=False, soft_wrap=True)
+
+
+@app.command()
+def validate(
+    data: Path = typer.Argument(..., help="training data in any form 'fit' accepts"),
+    val_data: Optional[Path] = typer.Option(None, help="validation set"),
+    test_data: Optional[Path] = typer.Option(None, help="test set"),
+    label_column: Optional[str] = LabelColumn,
+    text_column: Optional[str] = TextColumn,
+    path_column: Optional[str] = PathColumn,
+    task: str = Task,
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+):
+    """List every problem in the data: unreadable, truncated or empty images, empty texts, missing
+    files, classes missing from train, duplicates. Exit code 1 when there are errors (warnings pass)."""
+    from rich.markup import escape
+
+    from .data.dataset import load_data
+    from .data.validate import validate_data
+
+    kw = dict(_loader(label_column, text_column, path_column, task), keep_bad_samples=True)
+    train = load_data(data, **kw)
+    # val/test keep their own label names: classes unknown to train are listed, not raised
+    val = load_data(val_data, min_classes=1, **kw) if val_data is not None else None
+    test = load_data(test_data, min_classes=1, **kw) if test_data is not None else None
+    report = validate_data(train, val, test)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+    else:
+        if report.problems:
+            table = Table(title=f"problems in {escape(str(data))}")
+            for c in ("level", "kind", "split", "file or text", "message"):
+                table.add_column(c, overflow="fold")
+            for p in report.problems:
+                where = p.path_or_text if p.index is None else f"{p.path_or_text} (#{p.index})"
+                table.add_row(p.severity, p.kind, p.split, escape(where), escape(p.message))
+            out.print(table)
+        out.print(report.summary() + ("" if report.ok else " Fix the errors (fit --on-bad-sample skip leaves unusable samples out)."),
+                  highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 def comparison_table(cmp, title: str) -> Table:
@@ -281,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
-        app(args=argv, prog_name="transferkit", standalone_mode=False)
+        rc = app(args=argv, prog_name="transferkit", standalone_mode=False)  # typer.Exit(n) in a command returns n
     except TransferkitError as e:
         if debug:
             raise
@@ -307,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err.print(f"[red]error:[/red] {escape(f'{type(e).__name__}: {e}')} (run with --debug for the traceback)", highlight=False, soft_wrap=True)
         return 1
-    return 0
+    return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -15,6 +15,8 @@ _CHOICES = {
     "head_init": ("random", "probe"),
     "pooling": ("mean", "cls"),
     "device": ("auto", "cpu", "cuda", "mps"),
+    "on_bad_sample": ("error", "skip"),
+    "on_nan": ("stop", "skip"),
 }
 
 
@@ -52,6 +54,11 @@ class FitConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     eval_batch_size: int = 128
+    on_bad_sample: str = "error"  # unreadable images/empty texts: "error" before training starts, or "skip" them
+    max_bad_fraction: float = 0.05  # with skip: abort when more than this fraction of a split is bad
+    checkpoint_every: str | None = None  # "N" or "Nepochs" / "Nsteps": write a resumable checkpoint
+    keep_checkpoints: int = 2  # newest complete checkpoints kept
+    on_nan: str = "stop"  # non-finite loss/gradients: "stop" (report step) or "skip" the step
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
@@ -69,8 +76,25 @@ class FitConfig:
         for name in ("dropout", "label_smoothing", "warmup"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1).", "pass a fraction.")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(f"--max-bad-fraction must be in [0, 1] (got {self.max_bad_fraction}).", "pass a fraction.")
+        if self.keep_checkpoints < 1:
+            raise ConfigError("--keep-checkpoints must be at least 1.", "pass 1 or more.")
+        if self.checkpoint_every is not None:
+            self.checkpoint_interval()  # validates the spelling
         if not 0 < self.layer_decay <= 1 or not 0 < self.backbone_lr_ratio <= 10:
             raise ConfigError("--layer-decay must be in (0, 1] and --backbone-lr-ratio in (0, 10].", "pass values in range.")
+
+    def checkpoint_interval(self) -> tuple[int, str] | None:
+        """``checkpoint_every`` parsed as (N, "epoch" | "step"); a bare number means epochs."""
+        if self.checkpoint_every is None:
+            return None
+        import re
+
+        m = re.fullmatch(r"\s*(\d+)\s*(epochs?|steps?)?\s*", str(self.checkpoint_every))
+        if not m or int(m.group(1)) < 1:
+            raise ConfigError(f"Invalid --checkpoint-every {self.checkpoint_every!r}.", "use e.g. 1, 2epochs or 500steps.")
+        return int(m.group(1)), "step" if (m.group(2) or "").startswith("step") else "epoch"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,10 +7,14 @@ with best weights restored, a progress bar, and one JSON line per epoch in the r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
+import signal
+import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +111,58 @@ def check_labels(model: TransferModel, data: TaskData) -> None:
         raise TrainingError(f"{data.targets.shape[1]} label columns for a head of size {c}.", "rebuild the head for the label set.")
 
 
+class Preempted(TransferkitError):
+    """SIGTERM/SIGINT during training: the current step finished, a checkpoint was written."""
+
+    exit_code = 75  # EX_TEMPFAIL: run again with --resume
+
+
+DRIFT_REFUSED = ("backbone", "backbone_weights", "strategy", "image_size", "pooling", "max_length", "head")
+
+
+def check_drift(saved: dict[str, Any], cfg: FitConfig, saved_labels: list[str], model: TransferModel) -> list[str]:
+    """Refuse a resume that changes the model or the task; return warnings for other changed options."""
+    changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items() if k in saved and saved.get(k) != v}
+    refused = {k: v for k, v in changed.items() if k in DRIFT_REFUSED}
+    if refused or list(saved_labels) != list(model.label_names):
+        what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items()) or f"labels {saved_labels} -> {model.label_names}"
+        raise TrainingError(f"Cannot resume: the run was started with a different model or task ({what}).",
+                            "resume with the original options, or start a new run folder.")
+    notes = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items() if k not in ("checkpoint_every", "keep_checkpoints", "device")]
+    if notes:
+        warnings.warn("resuming with changed options (results will differ from an uninterrupted run): " + ", ".join(notes), stacklevel=3)
+    return notes
+
+
+class _StopFlag:
+    """Turns SIGTERM/SIGINT into a request to stop after the current step (main thread only)."""
+
+    def __init__(self, enabled: bool):
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+        self.enabled = enabled and threading.current_thread() is threading.main_thread()
+
+    def __enter__(self):
+        if self.enabled:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signal = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _truncate_jsonl(path: Path, keep: int) -> None:
+    if path.is_file():
+        lines = path.read_text().splitlines(keepends=True)[:keep]
+        path.write_text("".join(lines))
+
+
 def train(
     model: TransferModel,
     train_data: TaskData,
@@ -115,8 +171,17 @@ def train(
     *,
     run_dir: str | Path | None = None,
     progress: bool = True,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
-    """Train ``model`` in place. Returns one record per epoch; best weights (on val) are restored."""
+    """Train ``model`` in place. Returns one record per epoch; best weights (on val) are restored.
+
+    With ``run_dir``: ``metrics.jsonl`` (one line per epoch), ``steps.jsonl`` (one line per step:
+    loss and a hash of the samples seen), checkpoints every ``cfg.checkpoint_every`` and on
+    SIGTERM/SIGINT (then ``Preempted`` is raised, exit code 75); ``resume=True`` continues from the
+    newest complete checkpoint so that a CPU run ends bit-for-bit as an uninterrupted one.
+    """
+    from . import checkpoint
+
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     if val_data is not None and len(val_data) == 0:
@@ -126,6 +191,10 @@ def train(
             check_labels(model, part)
     if len(train_data) < 2:
         raise TrainingError(f"Training needs at least 2 examples (got {len(train_data)}).", "add data or lower --val-fraction/--test-fraction.")
+    interval = cfg.checkpoint_interval()
+    if (interval or resume) and run_dir is None:
+        raise TrainingError("--checkpoint-every and --resume need a run folder.", "pass --out RUN_DIR (Python: out=...).")
+    run_dir = Path(run_dir) if run_dir is not None else None
     backbone = model.backbone
     n_groups = len(backbone.layer_groups())
     model.to(device)
@@ -150,47 +219,133 @@ def train(
 
     history: list[dict[str, Any]] = []
     best_score, best_state, best_epoch, bad_epochs = None, None, -1, 0
-    log_path = Path(run_dir) / "metrics.jsonl" if run_dir else None
-    if log_path:
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+    start_epoch, start_batch, step, epoch_losses, skipped, stopped = 0, 0, 0, [], 0, False
+    micro = bs  # micro-batch size; halved on out-of-memory (recorded in the epoch records)
+    gen_resume_state = None
+    log_path = run_dir / "metrics.jsonl" if run_dir else None
+    steps_path = run_dir / "steps.jsonl" if run_dir else None
+    if resume:
+        ck = checkpoint.load(run_dir)
+        st = ck.state
+        check_drift(st["config"], cfg, st["label_names"], model)
+        model.load_state_dict({k: v.to(device) for k, v in ck.model_state().items()})
+        best_state = ck.best_state()
+        opt.load_state_dict(ck.tensors["optimizer"])
+        sched.load_state_dict(ck.tensors["scheduler"])
+        gen_resume_state = ck.tensors["generator"]
+        start_epoch, start_batch, step = st["epoch"], st["batch"], st["step"]
+        history, epoch_losses, skipped, stopped = st["history"], st["epoch_losses"], st["skipped_steps"], st["stopped"]
+        best_score, best_epoch, bad_epochs = st["best_score"], st["best_epoch"], st["bad_epochs"]
+        micro = min(bs, st.get("micro_batch_size", bs))
+        _truncate_jsonl(log_path, len(history))
+        _truncate_jsonl(steps_path, step)
+        checkpoint.set_rng_state(ck.tensors["rng"])
+    elif run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
         log_path.write_text("")
+        steps_path.write_text("")
+
+    def save_checkpoint(epoch: int, batch: int, gen_state: torch.Tensor) -> Path:
+        state = {
+            "epoch": epoch, "batch": batch, "step": step, "history": history, "epoch_losses": epoch_losses,
+            "skipped_steps": skipped, "stopped": stopped, "best_score": best_score, "best_epoch": best_epoch,
+            "bad_epochs": bad_epochs, "micro_batch_size": micro, "config": cfg.to_dict(), "label_names": model.label_names,
+            "backbone": backbone.name, "task": model.task,
+        }
+        tensors = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen_state, "rng": checkpoint.rng_state()}
+        return checkpoint.save(run_dir, step, model, best_state, tensors, state, keep=cfg.keep_checkpoints)
+
+    def forward_backward(idx: torch.Tensor) -> torch.Tensor:
+        """Loss of one optimiser step, gradients accumulated over micro-batches of ``micro`` samples.
+        On out-of-memory the micro-batch is halved and the step retried: the effective batch stays ``bs``."""
+        nonlocal micro
+        while True:
+            try:
+                total = torch.zeros((), device=device)
+                for s in range(0, len(idx), micro):
+                    part = idx[s : s + micro]
+                    batch = make_batch(backbone, x_train, part, device, augmenter)
+                    target = _targets(model.task, y_train[part.numpy()], device)
+                    with autocast(device):
+                        out = model(batch)
+                    loss = loss_fn(out.float(), target) * (len(part) / len(idx))
+                    if not torch.isfinite(loss):
+                        return loss.detach()
+                    loss.backward()
+                    total = total + loss.detach()
+                return total
+            except torch.OutOfMemoryError:
+                opt.zero_grad(set_to_none=True)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if micro == 1:
+                    raise TrainingError("Out of memory even with one sample per micro-batch.", "use a smaller --image-size or --max-length, or a smaller backbone.") from None
+                micro = max(1, micro // 2)
+                warnings.warn(f"out of memory: retrying with micro-batches of {micro} (gradient accumulation keeps the batch at {bs})", stacklevel=2)
 
     bar = progress_bar(progress)
-    step = 0
-    with bar:
-        task_id = bar.add_task("train", total=total, info="")
-        for epoch in range(cfg.epochs):
+    with bar, _StopFlag(run_dir is not None) as stop:
+        task_id = bar.add_task("train", total=total, info="", completed=step)
+        for epoch in range(start_epoch, cfg.epochs):
+            if stopped:
+                break
             t0 = time.perf_counter()
             n_frozen = frozen_at_epoch(epoch, n_groups, cfg.freeze, cfg.unfreeze, cfg.unfreeze_every)
             frozen_norms = set_frozen_groups(backbone, n_frozen)
             model.train()
             for m in frozen_norms:
                 m.eval()
+            if gen_resume_state is not None:
+                gen.set_state(gen_resume_state)
+                gen_resume_state = None
+            gen_epoch_state = gen.get_state()
             perm = torch.randperm(n, generator=gen)
-            losses = []
-            for b in range(steps_per_epoch):
+            first = start_batch if epoch == start_epoch else 0
+            if epoch != start_epoch or not resume:
+                epoch_losses = []
+            for b in range(first, steps_per_epoch):
                 idx = perm[b * bs : (b + 1) * bs]
-                batch = make_batch(backbone, x_train, idx, device, augmenter)
-                target = _targets(model.task, y_train[idx.numpy()], device)
-                with autocast(device):
-                    out = model(batch)
-                loss = loss_fn(out.float(), target)
-                if not torch.isfinite(loss):
-                    raise TrainingError(f"Loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}.", "lower --lr.")
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 5.0)
-                opt.step()
+                loss = forward_backward(idx)
+                finite = bool(torch.isfinite(loss))
+                if finite:
+                    norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.grad is not None], 5.0)
+                    finite = bool(torch.isfinite(norm))
+                if not finite:
+                    where = f"step {step + 1} (epoch {epoch + 1}, batch {b + 1}, samples {idx[:8].tolist()}{'...' if len(idx) > 8 else ''})"
+                    if cfg.on_nan == "stop":
+                        raise TrainingError(f"Non-finite loss or gradients at {where}; no checkpoint was written from this state.",
+                                            "lower --lr, check those samples, or pass --on-nan skip.")
+                    warnings.warn(f"skipped a non-finite step at {where}", stacklevel=2)
+                    opt.zero_grad(set_to_none=True)
+                    skipped += 1
+                else:
+                    opt.step()
                 sched.step()
                 step += 1
-                losses.append(loss.item())
-                bar.update(task_id, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {np.mean(losses):.3f}")
+                loss_value = float(loss.item())
+                epoch_losses.append(loss_value)
+                if steps_path is not None:
+                    order = hashlib.sha1(idx.numpy().tobytes()).hexdigest()[:12]
+                    with open(steps_path, "a") as fh:
+                        fh.write(json.dumps({"step": step, "epoch": epoch + 1, "batch": b + 1, "loss": loss_value, "samples": order}) + "\n")
+                bar.update(task_id, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {np.mean(epoch_losses):.3f}")
+                if interval and interval[1] == "step" and step % interval[0] == 0:
+                    save_checkpoint(epoch, b + 1, gen_epoch_state)
+                if stop.signal is not None:
+                    path = save_checkpoint(epoch, b + 1, gen_epoch_state)
+                    raise Preempted(f"Stopped by signal {stop.signal} after step {step}; checkpoint saved to {path}.",
+                                    f"continue with: transferkit fit ... --resume {run_dir}")
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
-                "train_loss": float(np.mean(losses)),
+                "train_loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
                 "frozen_groups": n_frozen,
                 "lr_head": float(opt.param_groups[-1]["lr"]),
             }
+            if skipped:
+                record["skipped_steps"] = skipped
+            if micro != bs:
+                record["micro_batch_size"] = micro
             if val_data is not None:
                 out = model.predict_outputs(None, prepared=x_val, batch_size=cfg.eval_batch_size, device=device)
                 m = task_metrics(model.task, val_data.targets, out, model.label_names)
@@ -206,12 +361,16 @@ def train(
                     bad_epochs += 1
             record["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(record)
+            epoch_losses = []
             if log_path:
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
             shown = f" val {metric_name} {record[f'val_{metric_name}']:.3f}" if val_data is not None else ""
             bar.update(task_id, info=f"epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.3f}{shown}")
-            if val_data is not None and cfg.patience and bad_epochs >= cfg.patience:
+            stopped = bool(val_data is not None and cfg.patience and bad_epochs >= cfg.patience)
+            if interval and interval[1] == "epoch" and (epoch + 1) % interval[0] == 0:
+                save_checkpoint(epoch + 1, 0, gen.get_state())
+            if stopped:
                 bar.update(task_id, completed=total)
                 break
     if best_state is not None:

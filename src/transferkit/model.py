@@ -19,6 +19,7 @@ from torch import nn
 from .backbones import backbone_from_recipe
 from .backbones.base import Backbone
 from .errors import DataError, ModelLoadError
+from ._cache import file_digest
 from .heads import make_head
 
 FORMAT_VERSION = 1
@@ -139,7 +140,8 @@ class TransferModel(nn.Module):
         with atomic_dir(folder) as tmp:
             save_model(self, str(tmp / "model.safetensors"))
             self.backbone.save_assets(tmp)
-            (tmp / "config.json").write_text(json.dumps(self.config_dict(), indent=2, default=_json_default) + "\n")
+            cfg = {**self.config_dict(), "checksums": {"model.safetensors": file_digest(tmp / "model.safetensors")}}
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=_json_default) + "\n")
         return folder
 
     @classmethod
@@ -159,7 +161,11 @@ class TransferModel(nn.Module):
             raise ModelLoadError(f"{cfg_path} is not valid JSON ({e.msg}).", "re-save the model.") from None
         if cfg.get("format_version", 0) > FORMAT_VERSION:
             raise ModelLoadError(f"{folder} was saved by a newer transferkit ({cfg.get('transferkit_version')}).", "upgrade transferkit.")
-        known = {"format_version", "transferkit_version", "backbone", "head", "task", "label_names", "strategy", "info"}
+        expected = cfg.get("checksums", {}).get("model.safetensors")
+        if expected and file_digest(weights) != expected:
+            raise ModelLoadError(f"{weights} is corrupted (its checksum differs from the one saved in config.json).",
+                                 "restore the model folder from a backup or re-train.")
+        known = {"format_version", "transferkit_version", "backbone", "head", "task", "label_names", "strategy", "info", "checksums"}
         unknown = sorted(set(cfg) - known)
         if unknown:
             warnings.warn(f"{cfg_path}: ignoring unknown keys {unknown}", stacklevel=2)

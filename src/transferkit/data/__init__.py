@@ -1,4 +1,6 @@
 from .dataset import TaskData, load_data, load_inputs, split_data
-from .images import decode_image, decode_images, open_rgb
+from .images import ImageReadError, decode_image, decode_images, open_rgb
+from .validate import Problem, Report, validate_data
 
-__all__ = ["TaskData", "load_data", "load_inputs", "split_data", "decode_image", "decode_images", "open_rgb"]
+__all__ = ["TaskData", "load_data", "load_inputs", "split_data", "decode_image", "decode_images", "open_rgb",
+           "ImageReadError", "Problem", "Report", "validate_data"]

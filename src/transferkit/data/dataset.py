@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -31,6 +31,8 @@ class TaskData:
     modality: str  # "image" | "text"
     task: str = "classification"
     source: str = ""
+    # None: not screened for unusable samples yet; a list: screened, and these inputs were left out
+    skipped: list[str] | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -40,8 +42,10 @@ class TaskData:
         return 1 if self.task == "regression" else len(self.label_names)
 
     def subset(self, idx: Sequence[int]) -> "TaskData":
+        """The examples at ``idx``; a part of screened data is screened (nothing more was left out of it)."""
         idx = np.asarray(idx, dtype=np.int64)
-        return TaskData([self.inputs[i] for i in idx], self.targets[idx], list(self.label_names), self.modality, self.task, self.source)
+        skipped = [] if self.skipped is not None else None
+        return TaskData([self.inputs[i] for i in idx], self.targets[idx], list(self.label_names), self.modality, self.task, self.source, skipped)
 
     def content_digest(self) -> str:
         """Hash of the inputs' content (file bytes for images, the text itself) in order.
@@ -119,6 +123,7 @@ def load_data(
     label_sep: str = "|",
     label_names: list[str] | None = None,
     min_classes: int = 2,
+    keep_bad_samples: bool = False,
 ) -> TaskData:
     """Load labelled data.
 
@@ -126,6 +131,8 @@ def load_data(
     - a CSV/TSV/JSONL manifest with a path column (images, relative to the manifest) or a text column,
       and a label column (default ``label``).
     ``label_names`` fixes the label order (used when evaluating a saved model on new data).
+    ``keep_bad_samples``: keep missing image paths, empty texts and non-image files in class folders
+    as inputs instead of raising, for ``transferkit.data.validate`` to report or leave them out.
     """
     if task not in TASKS:
         raise ConfigError(f"Unknown task {task!r}.", f"use --task one of {', '.join(TASKS)}.")
@@ -133,9 +140,9 @@ def load_data(
     if not path.exists():
         raise DataError(f"Data path {path} does not exist.", "pass an image folder or a CSV/TSV/JSONL file.")
     if path.is_dir():
-        data = _load_folder(path, label_names)
+        data = _load_folder(path, label_names, keep_bad_samples)
     else:
-        data = _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names)
+        data = _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names, keep_bad_samples)
     if len(data) == 0:
         raise DataError(f"No examples found in {path}.", "add data, one subfolder of images per class or one row per example.")
     if data.task != "regression" and label_names is None:
@@ -148,7 +155,7 @@ def load_data(
     return data
 
 
-def _load_folder(path: Path, label_names: list[str] | None) -> TaskData:
+def _load_folder(path: Path, label_names: list[str] | None, keep_bad: bool = False) -> TaskData:
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
         loose = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
@@ -158,7 +165,7 @@ def _load_folder(path: Path, label_names: list[str] | None) -> TaskData:
     for c in classes:
         for f in sorted((path / c).rglob("*")):
             if f.is_file() and not f.name.startswith("."):
-                if f.suffix.lower() not in IMAGE_EXTENSIONS:
+                if f.suffix.lower() not in IMAGE_EXTENSIONS and not keep_bad:
                     raise DataError(f"{f} is not an image file (extension {f.suffix or 'none'}).", "remove it or convert it to PNG/JPEG.")
                 inputs.append(str(f))
                 labels.append(c)
@@ -166,7 +173,7 @@ def _load_folder(path: Path, label_names: list[str] | None) -> TaskData:
     return TaskData(inputs, targets, names, "image", "classification", str(path))
 
 
-def _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names) -> TaskData:
+def _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names, keep_bad=False) -> TaskData:
     if path.suffix.lower() not in (".csv", ".tsv", ".tab", ".jsonl"):
         raise DataError(f"{path} is neither a folder nor a .csv/.tsv/.jsonl manifest.", "pass an image folder or a manifest file.")
     rows = _read_rows(path)
@@ -197,18 +204,18 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
             raise DataError(f"{path} row {i}: empty value in label column {label_col!r}.", "fill it in or remove the row.")
         if pcol:
             value = row.get(pcol)
-            if not value:
+            if not value and not keep_bad:
                 raise DataError(f"{path} row {i}: empty value in column {pcol!r}.", "fill it in or remove the row.")
-            p = Path(value)
-            p = p if p.is_absolute() else path.parent / p
-            if not p.is_file():
+            p = Path(str(value)) if value else None  # kept as "": reported as a missing file
+            p = p if p is None or p.is_absolute() else path.parent / p
+            if p is not None and not p.is_file() and not keep_bad:
                 raise DataError(f"{path} row {i}: image {p} does not exist.", f"fix the path in column {pcol!r} (relative paths start at the manifest's folder).")
-            inputs.append(str(p))
+            inputs.append(str(p) if p is not None else "")
         else:
             text = row.get(tcol)
-            if text is None or not str(text).strip():
+            if (text is None or not str(text).strip()) and not keep_bad:
                 raise DataError(f"{path} row {i}: empty text in column {tcol!r}.", "fill it in or remove the row.")
-            inputs.append(str(text))
+            inputs.append("" if text is None else str(text))
         labels.append(label)
     targets, names = _targets(labels, task, label_sep, f"{path} column {label_col!r}", label_names)
     return TaskData(inputs, targets, names, "image" if pcol else "text", task, str(path))

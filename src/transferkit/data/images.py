@@ -18,12 +18,63 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 _INTERP = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1, "box": 4, "hamming": 5}
 
 
-def open_rgb(path: str | Path):
-    """Open an image as RGB PIL image, applying EXIF orientation and compositing transparency on white."""
-    from PIL import Image, ImageOps
+class ImageReadError(DataError):
+    """An image file that cannot be used; ``kind`` says why.
+
+    Kinds: ``missing_file``, ``empty_file`` (0 bytes), ``not_an_image`` (e.g. a text or HTML file
+    named .jpg), ``truncated`` (the file ends early) or ``unreadable`` (unknown format, broken data).
+    """
+
+    def __init__(self, kind: str, message: str, fix: str | None = None):
+        self.kind = kind
+        super().__init__(message, fix)
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """True when the first bytes of a file are UTF-8 text (no NUL, mostly printable)."""
+    if not head or b"\0" in head:
+        return False
+    for cut in range(4):  # the sample may end inside a multi-byte character
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    else:
+        return False
+    printable = sum(ch.isprintable() or ch in "\r\n\t" for ch in text)
+    return printable >= 0.95 * max(1, len(text))
+
+
+def _unidentified(path: str | Path, raw: bytes | None) -> ImageReadError:
+    """The error for a file PIL does not recognise: a text file under an image name, or unknown bytes."""
+    try:
+        head = raw[:1024] if raw is not None else Path(path).open("rb").read(1024)
+    except OSError:
+        head = b""
+    if _looks_like_text(head):
+        start = " ".join(head[:40].decode("utf-8", "replace").split())
+        return ImageReadError(
+            "not_an_image", f"{path} is a text file, not an image (it starts with {start!r}).",
+            "remove it or replace it with the real image (a web page or error message saved under an image name?).",
+        )
+    return ImageReadError("unreadable", f"Cannot read image {path} (not an image format Pillow knows).", "remove or replace the file.")
+
+
+def open_rgb(path: str | Path, data: bytes | None = None):
+    """Open an image as RGB PIL image, applying EXIF orientation and compositing transparency on white.
+
+    The whole image is decoded (a truncated file fails here, not later). ``data``: the file's bytes
+    when the caller has read them already (errors still name ``path``). Raises ``ImageReadError``.
+    """
+    import io
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        if (len(data) if data is not None else Path(path).stat().st_size) == 0:
+            raise ImageReadError("empty_file", f"Image file {path} is empty (0 bytes).", "remove or replace the file.")
+        with Image.open(io.BytesIO(data) if data is not None else path) as im:
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode.startswith("I") or im.mode == "F":
@@ -35,13 +86,15 @@ def open_rgb(path: str | Path):
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(background, im)
             return im.convert("RGB")
+    except ImageReadError:
+        raise
     except FileNotFoundError:
-        raise DataError(f"Image file {path} does not exist.", "check the path in your data.") from None
+        raise ImageReadError("missing_file", f"Image file {path} does not exist.", "check the path in your data.") from None
+    except UnidentifiedImageError:
+        raise _unidentified(path, data) from None
     except Exception as e:
-        raise DataError(
-            f"Cannot read image {path} ({type(e).__name__}: {e}).",
-            "remove or replace the file.",
-        ) from None
+        kind = "truncated" if isinstance(e, EOFError) or "truncated" in str(e).lower() else "unreadable"
+        raise ImageReadError(kind, f"Cannot read image {path} ({type(e).__name__}: {e}).", "remove or replace the file.") from None
 
 
 def _to_8bit(im):

@@ -24,8 +24,10 @@ class Strategy(Protocol):
     description: str
 
     def fit(
-        self, train: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True
-    ) -> TransferModel: ...
+        self, train: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True,
+        resume: bool = False,
+    ) -> TransferModel:
+        """Train and return a model; ``resume=True`` continues from ``run_dir``'s newest checkpoint."""
 
 
 STRATEGIES: Registry[type] = Registry("strategy")

@@ -99,7 +99,7 @@ def fit_probe_head(
 class LinearProbe:
     description = "feature extraction: frozen backbone, embeddings cached on disk, a new head (logistic regression by default)"
 
-    def fit(self, train_data: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True) -> TransferModel:
+    def fit(self, train_data: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True, resume: bool = False) -> TransferModel:
         seed_everything(cfg.seed)
         backbone = make_backbone(cfg, pretrained=True)
         model = new_model(backbone, train_data, cfg, self.name, kind="mlp" if cfg.head == "mlp" else "linear")

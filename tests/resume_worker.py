@@ -1,0 +1,26 @@
+"""Subprocess entry for the crash tests: the CLI, with each training step slowed so a kill lands mid-run.
+
+    python tests/resume_worker.py SLEEP_SECONDS -- transferkit fit args...
+"""
+
+import sys
+import time
+
+import torch
+
+torch.set_num_threads(1)
+
+import transferkit.engine as engine  # noqa: E402
+from transferkit.cli import main  # noqa: E402
+
+delay = float(sys.argv[1])
+_make_batch = engine.make_batch
+
+
+def slow_make_batch(*args, **kwargs):
+    time.sleep(delay)
+    return _make_batch(*args, **kwargs)
+
+
+engine.make_batch = slow_make_batch
+sys.exit(main(sys.argv[3:]))
