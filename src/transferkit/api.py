@@ -17,8 +17,6 @@ from .metrics import primary_metric
 from .model import TransferModel
 from .strategies import get_strategy
 
-DataArg = "str | Path | TaskData"
-
 
 @dataclass
 class FitResult:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Generic, Iterator, TypeVar
 
 from .errors import ConfigError
 
@@ -47,4 +47,3 @@ class Registry(Generic[T]):
         return sorted(self._items.items())
 
 
-Factory = Callable[..., object]

@@ -81,9 +81,9 @@ class TimmBackbone(Backbone):
             except Exception as e:
                 raise ConfigError(
                     f"Could not load pretrained weights for timm/{arch} from the hub ({type(e).__name__}).",
-                    f"offline, pass a local file: --backbone-weights model.safetensors (Python: weights=...), "
-                    f"or a timm folder with config.json + model.safetensors, or use an offline model "
-                    f"such as efficientnet_lite0.",
+                    "offline, pass a local file: --backbone-weights model.safetensors (Python: weights=...), "
+                    "or a timm folder with config.json + model.safetensors, or use an offline model "
+                    "such as efficientnet_lite0.",
                 ) from None
         else:
             model = timm.create_model(arch, pretrained=False, num_classes=0)
