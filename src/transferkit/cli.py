@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .config import FitConfig
+from .config import AdaptConfig, FitConfig
 from .errors import TransferkitError
 
 app = typer.Typer(
@@ -37,37 +37,50 @@ _HELP = {
     "freeze": "keep the first N layer groups frozen (layer-wise fine-tuning)",
     "unfreeze": "none | gradual (head first, then one more group per --unfreeze-every epochs)",
     "lr": "head learning rate; the top backbone group gets lr * backbone-lr-ratio",
-    "patience": "early stopping: epochs without validation improvement",
+    "patience": "early stopping: epochs without improvement of the selection score",
+    "method": "adaptation method(s): source-only | adabn | dann | coral | self-training, combined with '+' ('transferkit adapt-methods')",
+    "select": "model selection without target labels: snd (target soft-neighbourhood density) | source-val | last",
+    "adapt_weight": "weight of the DANN / CORAL loss",
+    "threshold": "self-training: confidence above which a target pseudo-label is always taken",
+    "class_fraction": "self-training: at least this top fraction of each predicted class gets a pseudo-label",
+    "pseudo_start": "self-training: fraction of the epochs trained on the source before pseudo-labels start",
 }
 
 
-def _config_options(func):
+def _config_options(func=None, *, extra: type | None = None, extra_arg: str = "acfg"):
     """Add every ``FitConfig`` field as a ``--option`` and pass a validated ``cfg`` to ``func``, and
-    ``explicit``: the config options given on the command line (a resumed run keeps the others)."""
-    hints = typing.get_type_hints(FitConfig)
+    ``explicit``: the config options given on the command line (a resumed run keeps the others).
+    With ``extra`` (another config dataclass), its fields become options too and it is passed as
+    ``extra_arg``."""
+    if func is None:
+        return lambda f: _config_options(f, extra=extra, extra_arg=extra_arg)
     sig = inspect.signature(func)
     params = [inspect.Parameter("ctx", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=typer.Context)]
-    params += [p for p in sig.parameters.values() if p.name not in ("cfg", "explicit")]
-    names = set()
-    for f in fields(FitConfig):
-        default = f.default if f.default is not MISSING else None
-        ann = hints[f.name]
-        if ann in (str | None, typing.Optional[str]):
-            ann = Optional[str]
-        elif ann in (int | None, typing.Optional[int]):
-            ann = Optional[int]
-        params.append(
-            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, help=_HELP.get(f.name, "")), annotation=ann)
-        )
-        names.add(f.name)
+    params += [p for p in sig.parameters.values() if p.name not in ("cfg", "explicit", extra_arg)]
+    owners: dict[str, type] = {}
+    for cls in (FitConfig, extra) if extra is not None else (FitConfig,):
+        hints = typing.get_type_hints(cls)
+        for f in fields(cls):
+            default = f.default if f.default is not MISSING else None
+            ann = hints[f.name]
+            if ann in (str | None, typing.Optional[str]):
+                ann = Optional[str]
+            elif ann in (int | None, typing.Optional[int]):
+                ann = Optional[int]
+            params.append(inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, help=_HELP.get(f.name, "")), annotation=ann))
+            owners[f.name] = cls
 
     @functools.wraps(func)
     def wrapper(ctx: typer.Context, *args, **kwargs):
-        cfg_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in names}
+        cfg_kw = {k: kwargs.pop(k) for k in list(kwargs) if owners.get(k) is FitConfig}
+        extra_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in owners}
         source = ctx.get_parameter_source
         explicit = {k: v for k, v in cfg_kw.items() if source(k) is not None and source(k).name == "COMMANDLINE"}
-        extra = {"explicit": explicit} if "explicit" in sig.parameters else {}
-        return func(*args, cfg=FitConfig(**cfg_kw), **extra, **kwargs)
+        more = {"explicit": explicit} if "explicit" in sig.parameters else {}
+        if extra is not None:
+            more[extra_arg] = extra(**extra_kw)
+        return func(*args, cfg=FitConfig(**cfg_kw), **more, **kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=params)
     return wrapper
@@ -296,6 +309,72 @@ def compare(
         print(json.dumps(cmp.to_dict()))
     else:
         out.print(comparison_table(cmp, f"transfer vs scratch on {cfg.backbone} (test n={cmp.n_test})"))
+
+
+def adaptation_table(report: dict[str, Any], title: str) -> Table:
+    t = Table(title=title)
+    for c in ("method", "target acc", "target macro-F1", "source acc", "pseudo-label acc", "time (s)"):
+        t.add_column(c, justify="left" if c == "method" else "right")
+
+    def cell(r, k, digits=3):
+        if f"{k}_mean" not in r:
+            return "-"
+        spread = f" ± {r[f'{k}_std']:.{digits}f}" if len(r[k]) > 1 else ""
+        return f"{r[f'{k}_mean']:.{digits}f}{spread}"
+
+    for r in report["rows"]:
+        t.add_row(r["method"], cell(r, "target"), cell(r, "target_f1"), cell(r, "source"), cell(r, "pseudo_accuracy"), f"{r['seconds']:.1f}")
+    return t
+
+
+@app.command()
+@_config_options(extra=AdaptConfig)
+def adapt(
+    source: Path = typer.Option(..., help="labelled source data (image folder or manifest), split into train/val/test"),
+    target: Path = typer.Option(..., help="unlabelled target data: image folder, manifest (labels not read) or .txt of texts"),
+    target_test: Optional[Path] = typer.Option(None, help="labelled target test set: used only for the final report"),
+    seeds: int = typer.Option(1, help="training seeds (the report shows mean and spread)"),
+    baseline: bool = typer.Option(True, help="also train source-only and report it side by side"),
+    diagnostics: bool = typer.Option(True, help="proxy A-distance before and after adaptation"),
+    out_dir: Path = typer.Option(Path("transferkit-adapt"), "--out", help="run folder; the adapted model is saved in OUT/model"),
+    label_column: Optional[str] = LabelColumn,
+    text_column: Optional[str] = TextColumn,
+    path_column: Optional[str] = PathColumn,
+    as_json: bool = typer.Option(False, "--json", help="print the report as JSON"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+    cfg: FitConfig = None,
+    acfg: AdaptConfig = None,
+):
+    """Adapt a model trained on labelled SOURCE data to unlabelled TARGET data (domain shift).
+
+    Target labels are never used for training or model selection; --target-test is read only for
+    the final table, where source-only and the adapted model are compared on it."""
+    from .adapt import adapt as api_adapt
+
+    loader = _loader(label_column, text_column, path_column, "classification")
+    res = api_adapt(source, target, target_test=target_test, config=cfg, adapt_config=acfg, seeds=seeds, baseline=baseline,
+                    diagnostics=diagnostics, out=out_dir, progress=progress, loader=loader)
+    if as_json:
+        print(json.dumps(res.report))
+        return
+    out.print(adaptation_table(res.report, f"{acfg.method} on {cfg.backbone}, selection: {acfg.select} (no target labels)"))
+    if "proxy_a_distance" in res.report:
+        out.print("proxy A-distance (0 = domains indistinguishable, 2 = separable): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in res.report["proxy_a_distance"].items()), highlight=False)
+    out.print(f"Model saved to {out_dir / 'model'}. Predict with: transferkit predict {out_dir / 'model'} INPUTS...")
+
+
+@app.command("adapt-methods")
+def adapt_methods():
+    """List domain-adaptation methods."""
+    from .adapt import list_methods
+
+    t = Table(title="adaptation methods (combine with '+')")
+    t.add_column("name")
+    t.add_column("description")
+    for name, desc in list_methods().items():
+        t.add_row(name, desc)
+    out.print(t)
 
 
 @app.command()

@@ -110,3 +110,47 @@ class FitConfig:
 
     def replace(self, **changes: Any) -> "FitConfig":
         return FitConfig.from_dict({**self.to_dict(), **changes})
+
+
+SELECTIONS = ("snd", "source-val", "last")
+
+
+@dataclass
+class AdaptConfig:
+    """Options of ``transferkit adapt`` besides the ``FitConfig`` ones (same names on the CLI)."""
+
+    # one method or several joined by "+"; "auto": adabn+self-training for backbones with BatchNorm,
+    # self-training otherwise (the best of 8 combinations measured on emoji google -> twitter)
+    method: str = "auto"
+    select: str = "last"  # model selection without target labels: last (fixed schedule) | source-val | snd
+    adapt_weight: float = 1.0  # weight of the DANN / CORAL loss
+    threshold: float = 0.9  # self-training: confidence above which a pseudo-label is always taken
+    class_fraction: float = 0.5  # self-training: at least this top fraction of each predicted class is taken
+    pseudo_weight: float = 1.0  # self-training: weight of the pseudo-label loss
+    pseudo_start: float = 0.3  # self-training: fraction of epochs trained on the source before pseudo-labels
+    discriminator_hidden: int = 1024  # DANN: width of the domain classifier
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECTIONS:
+            raise ConfigError(f"Invalid --select {self.select!r}.", f"use one of: {', '.join(SELECTIONS)}.")
+        for name in ("threshold", "class_fraction", "pseudo_start"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1] (got {getattr(self, name)}).", "pass a fraction.")
+        for name in ("adapt_weight", "pseudo_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0.", "pass a non-negative weight.")
+        if self.discriminator_hidden < 1:
+            raise ConfigError("--discriminator-hidden must be positive.", "pass a width such as 1024.")
+        if not all(p.strip() for p in str(self.method).split("+")):
+            raise ConfigError(f"Invalid --method {self.method!r}.", "join method names with '+', e.g. adabn+dann.")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "AdaptConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def replace(self, **changes: Any) -> "AdaptConfig":
+        return AdaptConfig.from_dict({**self.to_dict(), **changes})

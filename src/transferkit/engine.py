@@ -172,8 +172,13 @@ def train(
     run_dir: str | Path | None = None,
     progress: bool = True,
     resume: bool = False,
+    adaptation=None,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place. Returns one record per epoch; best weights (on val) are restored.
+
+    ``adaptation`` (domain adaptation, see ``transferkit.adapt``) adds a loss on unlabelled target
+    batches to every step, extra trainable modules, and may replace the validation metric as the
+    model-selection score with one computed without target labels.
 
     With ``run_dir``: ``metrics.jsonl`` (one line per epoch), ``steps.jsonl`` (one line per step:
     loss and a hash of the samples seen), checkpoints every ``cfg.checkpoint_every`` and on
@@ -192,6 +197,8 @@ def train(
     if len(train_data) < 2:
         raise TrainingError(f"Training needs at least 2 examples (got {len(train_data)}).", "add data or lower --val-fraction/--test-fraction.")
     interval = cfg.checkpoint_interval()
+    if adaptation is not None and (interval or resume):
+        raise TrainingError("Checkpoints and --resume are not supported for domain adaptation yet.", "drop --checkpoint-every/--resume.")
     if (interval or resume) and run_dir is None:
         raise TrainingError("--checkpoint-every and --resume need a run folder.", "pass --out RUN_DIR (Python: out=...).")
     run_dir = Path(run_dir) if run_dir is not None else None
@@ -205,7 +212,11 @@ def train(
     x_val = prepare(backbone, val_data.inputs) if val_data is not None else None
     augmenter = Augmenter(backbone.preprocess, hflip=cfg.hflip) if (cfg.augment and backbone.modality == "image") else None
 
-    opt = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, fused=device.type == "cuda")
+    groups = param_groups(model, cfg)
+    if adaptation is not None:
+        adaptation.setup(model, device, augmenter)
+        groups += adaptation.param_groups(cfg)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
     n = len(train_data)
     bs = min(cfg.batch_size, n)
     # a trailing batch of one sample is dropped (BatchNorm cannot train on it)
@@ -267,8 +278,15 @@ def train(
                     batch = make_batch(backbone, x_train, part, device, augmenter)
                     target = _targets(model.task, y_train[part.numpy()], device)
                     with autocast(device):
-                        out = model(batch)
-                    loss = loss_fn(out.float(), target) * (len(part) / len(idx))
+                        if adaptation is None:
+                            out = model(batch)
+                        else:
+                            feats = backbone(batch)
+                            out = model.head(feats)
+                    loss = loss_fn(out.float(), target)
+                    if adaptation is not None:
+                        loss = loss + adaptation.loss(model, feats, out, progress=step / max(1, total))
+                    loss = loss * (len(part) / len(idx))
                     if not torch.isfinite(loss):
                         return loss.detach()
                     loss.backward()
@@ -299,6 +317,11 @@ def train(
                 gen.set_state(gen_resume_state)
                 gen_resume_state = None
             gen_epoch_state = gen.get_state()
+            if adaptation is not None:
+                adaptation.start_epoch(model, epoch)
+                model.train()
+                for m in frozen_norms:
+                    m.eval()
             perm = torch.randperm(n, generator=gen)
             first = start_batch if epoch == start_epoch else 0
             if epoch != start_epoch or not resume:
@@ -346,18 +369,23 @@ def train(
                 record["skipped_steps"] = skipped
             if micro != bs:
                 record["micro_batch_size"] = micro
-            if val_data is not None:
-                out = model.predict_outputs(None, prepared=x_val, batch_size=cfg.eval_batch_size, device=device)
-                m = task_metrics(model.task, val_data.targets, out, model.label_names)
-                record[f"val_{metric_name}"] = m[metric_name]
-                if "macro_f1" in m:
-                    record["val_macro_f1"] = m["macro_f1"]
-                score = m[metric_name]
-                improved = best_score is None or (score > best_score if higher else score < best_score)
-                if improved:
+            if val_data is not None or adaptation is not None:
+                score = None
+                if val_data is not None:
+                    out = model.predict_outputs(None, prepared=x_val, batch_size=cfg.eval_batch_size, device=device)
+                    m = task_metrics(model.task, val_data.targets, out, model.label_names)
+                    record[f"val_{metric_name}"] = m[metric_name]
+                    if "macro_f1" in m:
+                        record["val_macro_f1"] = m["macro_f1"]
+                    score = m[metric_name] if higher else -m[metric_name]
+                if adaptation is not None:
+                    logs = adaptation.end_epoch(model, epoch)
+                    record.update(logs)
+                    score = logs["selection_score"] if logs.get("selection_score") is not None else score
+                if score is not None and (best_score is None or score > best_score):
                     best_score, best_epoch, bad_epochs = score, epoch + 1, 0
                     best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-                else:
+                elif score is not None:
                     bad_epochs += 1
             record["seconds"] = round(time.perf_counter() - t0, 3)
             history.append(record)
@@ -366,8 +394,10 @@ def train(
                 with open(log_path, "a") as fh:
                     fh.write(json.dumps(record) + "\n")
             shown = f" val {metric_name} {record[f'val_{metric_name}']:.3f}" if val_data is not None else ""
+            if adaptation is not None and "selection_score" in record:
+                shown += f" select {record['selection_score']:.3f}"
             bar.update(task_id, info=f"epoch {epoch + 1}/{cfg.epochs} loss {record['train_loss']:.3f}{shown}")
-            stopped = bool(val_data is not None and cfg.patience and bad_epochs >= cfg.patience)
+            stopped = bool(best_score is not None and cfg.patience and bad_epochs >= cfg.patience)
             if interval and interval[1] == "epoch" and (epoch + 1) % interval[0] == 0:
                 save_checkpoint(epoch + 1, 0, gen.get_state())
             if stopped:
@@ -375,7 +405,10 @@ def train(
                 break
     if best_state is not None:
         model.load_state_dict(best_state)
-        history.append({"best_epoch": best_epoch, f"best_val_{metric_name}": best_score})
+        if adaptation is not None:
+            history.append({"best_epoch": best_epoch, "selection": adaptation.selection, "best_selection_score": best_score})
+        else:
+            history.append({"best_epoch": best_epoch, f"best_val_{metric_name}": best_score if higher else -best_score})
     set_frozen_groups(backbone, 0)
     model.cpu().eval()
     return history

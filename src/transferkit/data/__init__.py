@@ -1,6 +1,6 @@
-from .dataset import TaskData, load_data, load_inputs, split_data
+from .dataset import TaskData, load_data, load_inputs, load_unlabelled, split_data
 from .images import ImageReadError, decode_image, decode_images, open_rgb
 from .validate import Problem, Report, validate_data
 
-__all__ = ["TaskData", "load_data", "load_inputs", "split_data", "decode_image", "decode_images", "open_rgb",
+__all__ = ["TaskData", "load_data", "load_inputs", "load_unlabelled", "split_data", "decode_image", "decode_images", "open_rgb",
            "ImageReadError", "Problem", "Report", "validate_data"]

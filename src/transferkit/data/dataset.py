@@ -173,7 +173,7 @@ def _load_folder(path: Path, label_names: list[str] | None, keep_bad: bool = Fal
     return TaskData(inputs, targets, names, "image", "classification", str(path))
 
 
-def _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names, keep_bad=False) -> TaskData:
+def _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names, keep_bad=False, unlabelled=False) -> TaskData:
     if path.suffix.lower() not in (".csv", ".tsv", ".tab", ".jsonl"):
         raise DataError(f"{path} is neither a folder nor a .csv/.tsv/.jsonl manifest.", "pass an image folder or a manifest file.")
     rows = _read_rows(path)
@@ -189,7 +189,7 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
         return next((c for c in defaults if c in columns), None)
 
     label_col = pick(label_column, ("label", "labels", "category", "target", "class"), "--label-column")
-    if label_col is None:
+    if label_col is None and not unlabelled:
         raise DataError(f"{path} has no label column (columns: {', '.join(columns)}).", "pass --label-column NAME.")
     pcol = pick(path_column, _PATH_COLUMNS, "--path-column") if text_column is None else None
     tcol = pick(text_column, _TEXT_COLUMNS, "--text-column") if pcol is None else None
@@ -197,7 +197,7 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
         raise DataError(f"{path} has no image-path or text column (columns: {', '.join(columns)}).", "pass --path-column or --text-column.")
     inputs, labels = [], []
     for i, row in enumerate(rows, 2 if path.suffix.lower() != ".jsonl" else 1):
-        label = row.get(label_col)
+        label = row.get(label_col) if not unlabelled else "?"
         if task == "multilabel" and label is not None and not str(label).strip():
             label = ""  # a multilabel row may carry none of the labels
         elif label is None or (isinstance(label, str) and not label.strip()):
@@ -217,8 +217,34 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
                 raise DataError(f"{path} row {i}: empty text in column {tcol!r}.", "fill it in or remove the row.")
             inputs.append("" if text is None else str(text))
         labels.append(label)
+    modality = "image" if pcol else "text"
+    if unlabelled:
+        # the label column's values are not read: only its set of names, for a schema check
+        names = sorted({str(r.get(label_col)) for r in rows if r.get(label_col) not in (None, "")}) if label_col else []
+        return TaskData(inputs, np.full(len(inputs), -1, dtype=np.int64), names, modality, task, str(path))
     targets, names = _targets(labels, task, label_sep, f"{path} column {label_col!r}", label_names)
-    return TaskData(inputs, targets, names, "image" if pcol else "text", task, str(path))
+    return TaskData(inputs, targets, names, modality, task, str(path))
+
+
+def load_unlabelled(path: str | Path, *, text_column: str | None = None, path_column: str | None = None, label_column: str | None = None) -> TaskData:
+    """Inputs without labels (e.g. a target domain): a folder of images (class subfolders or not),
+    a manifest with or without a label column, or a .txt file of texts. Targets are all -1; a label
+    column or class subfolders only give ``label_names`` (to check the label set), never targets."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"Data path {path} does not exist.", "pass an image folder, a CSV/TSV/JSONL manifest or a .txt file.")
+    if path.is_dir():
+        classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        inputs, _ = load_inputs([str(path)])
+        data = TaskData(inputs, np.full(len(inputs), -1, dtype=np.int64), classes, "image", source=str(path))
+    elif path.suffix.lower() == ".txt":
+        inputs, _ = load_inputs([str(path)])
+        data = TaskData(inputs, np.full(len(inputs), -1, dtype=np.int64), [], "text", source=str(path))
+    else:
+        data = _load_manifest(path, label_column, text_column, path_column, "classification", "|", None, unlabelled=True)
+    if len(data) == 0:
+        raise DataError(f"No examples found in {path}.", "add images or rows.")
+    return data
 
 
 def _path_kind(item: str) -> str:
