@@ -16,29 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
 
 import transferkit as tk
-from transferkit.adapt import AdaptConfig, adapt
+from transferkit.adapt import AdaptConfig, adapt, hide_labels
 from transferkit.data import TaskData
 from transferkit.quickstart import embedded_emoji
 
 TWITTER = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "emoji-styles" / "images" / "twitter"
-
-
-class Unlabelled(TaskData):
-    """A target set whose labels cannot be read: proves the protocol never touches them."""
-
-    @property
-    def targets(self):
-        raise RuntimeError("target labels were read")
-
-    @targets.setter
-    def targets(self, value):
-        self._hidden = value
 
 
 def twitter(data: TaskData, folder: Path) -> TaskData:
@@ -65,7 +52,7 @@ def main() -> None:
     train_all, test = embedded_emoji()
     source = TaskData(train_all.inputs, train_all.targets, train_all.label_names, "image", source="google train ids")
     tw_train, tw_test = twitter(train_all, args.twitter_dir), twitter(test, args.twitter_dir)
-    target = Unlabelled(tw_train.inputs, tw_train.targets, tw_train.label_names, "image", source="twitter train ids (unlabelled)")
+    target = hide_labels(TaskData(tw_train.inputs, tw_train.targets, tw_train.label_names, "image", source="twitter train ids (unlabelled)"))
     extra = {}
     for kv in args.set:
         k, v = kv.split("=", 1)

@@ -19,21 +19,11 @@ from pathlib import Path
 import numpy as np
 
 import transferkit as tk
-from transferkit.adapt import AdaptConfig, adapt
+from transferkit.adapt import AdaptConfig, adapt, hide_labels
 from transferkit.data import TaskData
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "drug-reviews"
 TARGET = "Birth Control"
-
-
-class Unlabelled(TaskData):
-    @property
-    def targets(self):
-        raise RuntimeError("target labels were read")
-
-    @targets.setter
-    def targets(self, value):
-        self._hidden = value
 
 
 def rows(path: Path) -> list[dict[str, str]]:
@@ -63,7 +53,7 @@ def main() -> None:
     names = sorted({r["rating"] for r in train_rows})
     source = task([r for r in train_rows if r["condition"] != TARGET], names, "other conditions (train)")
     tgt = task([r for r in train_rows if r["condition"] == TARGET], names, "birth control (train)")
-    target = Unlabelled(tgt.inputs, tgt.targets, names, "text", source="birth control (train, unlabelled)")
+    target = hide_labels(TaskData(tgt.inputs, tgt.targets, names, "text", source="birth control (train, unlabelled)"))
     target_test = task([r for r in test_rows if r["condition"] == TARGET], names, "birth control (test)")
     cfg = tk.FitConfig(backbone=args.backbone, epochs=args.epochs, max_length=args.max_length, lr=args.lr, batch_size=16,
                        device=args.device, test_fraction=0.0, patience=args.epochs)

@@ -11,7 +11,7 @@ import torch
 
 from conftest import TINY_CLASSES, draw_tiny_image
 from transferkit import FitConfig, TaskData
-from transferkit.adapt import AdaptConfig, adapt, fit_adapted, list_methods
+from transferkit.adapt import AdaptConfig, adapt, fit_adapted, hide_labels, list_methods
 from transferkit.adapt.base import rampup
 from transferkit.adapt.diagnostics import mean_entropy, proxy_a_distance, snd
 from transferkit.adapt.methods.adabn import batchnorm_layers, recompute_batchnorm
@@ -115,29 +115,17 @@ def domains(tmp_path_factory):
     }
 
 
-class Unlabelled(TaskData):
-    """A target set whose labels raise when read."""
-
-    @property
-    def targets(self):
-        raise AssertionError("target labels were read")
-
-    @targets.setter
-    def targets(self, value):
-        self._hidden = value
-
-
 def _tiny_cfg(weights: Path, **kw) -> FitConfig:
     base = dict(backbone="timm/test_efficientnet", backbone_weights=str(weights), image_size=32, epochs=6, batch_size=16,
                 lr=1e-2, backbone_lr_ratio=1.0, device="cpu", test_fraction=0.0, patience=10, eval_batch_size=64)
     return FitConfig(**{**base, **kw})
 
 
-def _target(domains) -> Unlabelled:
+def _target(domains) -> TaskData:
     from transferkit import load_data
 
     d = load_data(domains["target"])
-    return Unlabelled(d.inputs, d.targets, d.label_names, "image", source="target")
+    return hide_labels(d)
 
 
 @pytest.fixture(scope="module")
@@ -220,7 +208,7 @@ def test_text_backbone_dann_and_coral(tiny_bert_dir, tk_cache):
     texts_a = [f"the {w} was great and fine" for w in ("film", "song", "book", "meal")] * 4
     texts_b = [f"the {w} was awful and bad" for w in ("film", "song", "book", "meal")] * 4
     source = TaskData(texts_a + texts_b, np.array([1] * 16 + [0] * 16), ["neg", "pos"], "text")
-    target = Unlabelled([t.upper() for t in source.inputs], source.targets, source.label_names, "text")
+    target = hide_labels(TaskData([t.upper() for t in source.inputs], source.targets, source.label_names, "text"))
     cfg = FitConfig(backbone=str(tiny_bert_dir), epochs=2, batch_size=8, device="cpu", test_fraction=0.0)
     for method in ("dann", "coral", "self-training"):
         model = fit_adapted(*tk_split(source, cfg), target, cfg, AdaptConfig(method=method), progress=False)
@@ -287,6 +275,13 @@ def test_cli_adapt_bad_input_one_line_and_nothing_written(domains, tiny_timm_wei
     rc = main(["adapt", "--source", str(domains["source"]), "--target", str(domains["target"]), "--method", "adabn+nope", *common])
     assert rc == 2 and "nope" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_hidden_labels_raise():
+    d = hide_labels(TaskData(["a", "b"], np.array([0, 1]), ["x", "y"], "text", source="tgt"))
+    with pytest.raises(RuntimeError, match="hidden"):
+        d.targets
+    assert d.inputs == ["a", "b"] and hide_labels(d).inputs == ["a", "b"]
 
 
 def test_methods_are_listed():

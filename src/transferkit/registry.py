@@ -25,6 +25,15 @@ class Registry(Generic[T]):
 
         return _add(item) if item is not None else _add
 
+    def class_decorator(self, name: str):
+        """``@REGISTRY.class_decorator("name")``: register a class and set its ``name`` attribute."""
+
+        def deco(cls):
+            cls.name = name
+            return self.register(name, cls)
+
+        return deco
+
     def get(self, name: str) -> T:
         try:
             return self._items[name]

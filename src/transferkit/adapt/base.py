@@ -33,14 +33,27 @@ METHODS: Registry[type] = Registry("adaptation method")
 
 
 def register_method(name: str):
-    """Class decorator: ``@register_method("dann")``."""
+    """Class decorator: ``@register_method("dann")``; duplicate names are rejected."""
+    return METHODS.class_decorator(name)
 
-    def deco(cls):
-        cls.name = name
-        METHODS.register(name, cls)
-        return cls
 
-    return deco
+class _LabelsHidden(TaskData):
+    """A ``TaskData`` whose ``targets`` raise when read."""
+
+    @property
+    def targets(self):
+        raise RuntimeError(f"the labels of {self.source or 'this set'} are hidden: they were read by mistake")
+
+    @targets.setter
+    def targets(self, value):
+        self._hidden_targets = value
+
+
+def hide_labels(data: TaskData) -> TaskData:
+    """The same inputs with labels that raise when read: pass a target set through it to prove
+    that adaptation and model selection never look at target labels."""
+    return _LabelsHidden(list(data.inputs), data._hidden_targets if isinstance(data, _LabelsHidden) else data.targets,
+                         list(data.label_names), data.modality, data.task, data.source)
 
 
 def resolve_method(spec: str, backbone) -> str:

@@ -35,13 +35,7 @@ STRATEGIES: Registry[type] = Registry("strategy")
 
 def register_strategy(name: str):
     """Class decorator: ``@register_strategy("finetune")``; duplicate names are rejected."""
-
-    def deco(cls):
-        cls.name = name
-        STRATEGIES.register(name, cls)
-        return cls
-
-    return deco
+    return STRATEGIES.class_decorator(name)
 
 
 def make_backbone(cfg: FitConfig, pretrained: bool = True) -> Backbone:
