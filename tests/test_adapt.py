@@ -288,3 +288,25 @@ def test_methods_are_listed():
     names = list_methods()
     assert {"source-only", "adabn", "dann", "coral", "self-training"} <= set(names)
     assert main(["adapt-methods"]) == 0
+
+
+def test_load_unlabelled_forms(tmp_path, make_image_folder):
+    from transferkit.data import load_unlabelled
+
+    folder = make_image_folder("imgs", classes=("circle", "square"), n=2)
+    d = load_unlabelled(folder)
+    assert len(d) == 4 and d.label_names == ["circle", "square"] and d.modality == "image"
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    for i, p in enumerate(sorted(folder.rglob("*.png"))):
+        (loose / f"{i}.png").write_bytes(p.read_bytes())
+    assert len(load_unlabelled(loose)) == 4 and load_unlabelled(loose).label_names == []
+    (tmp_path / "t.csv").write_text("text,other\nfirst review,1\nsecond review,2\n")
+    d = load_unlabelled(tmp_path / "t.csv")
+    assert d.inputs == ["first review", "second review"] and d.modality == "text" and d.label_names == []
+    (tmp_path / "l.csv").write_text("text,label\nfirst,pos\nsecond,neg\n")
+    assert load_unlabelled(tmp_path / "l.csv").label_names == ["neg", "pos"]
+    (tmp_path / "t.txt").write_text("one\n\ntwo\n")
+    assert load_unlabelled(tmp_path / "t.txt").inputs == ["one", "two"]
+    with pytest.raises(DataError, match="does not exist"):
+        load_unlabelled(tmp_path / "missing")
