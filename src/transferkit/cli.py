@@ -377,6 +377,47 @@ def adapt_methods():
     out.print(t)
 
 
+@app.command("fewshot-eval")
+def fewshot_eval(
+    data: Path = typer.Argument(..., help="labelled data (image folder or manifest): the classes episodes are drawn from"),
+    query_data: Optional[Path] = typer.Option(None, help="the same items in another domain (same rows and labels): queries come from here"),
+    backbone: str = typer.Option("efficientnet_lite0", help=_HELP["backbone"]),
+    backbone_weights: Optional[str] = typer.Option(None, help=_HELP["backbone_weights"]),
+    image_size: Optional[int] = typer.Option(None, help=_HELP["image_size"]),
+    ways: int = typer.Option(5, help="classes per episode (N-way)"),
+    shots: str = typer.Option("1,5", help="support examples per class (K-shot), comma-separated"),
+    queries: int = typer.Option(15, help="query examples per class and episode"),
+    episodes: int = typer.Option(600, help="episodes per setting (fixed seed)"),
+    seed: int = typer.Option(0),
+    metric: str = typer.Option("cosine", help="cosine | euclidean (features centred and L2-normalised)"),
+    device: str = typer.Option("auto"),
+    label_column: Optional[str] = LabelColumn,
+    text_column: Optional[str] = TextColumn,
+    path_column: Optional[str] = PathColumn,
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Few-shot accuracy of a frozen backbone's class prototypes over N-way K-shot episodes (mean and 95% CI)."""
+    from .errors import ConfigError
+    from .fewshot import fewshot_eval as api
+
+    try:
+        ks = tuple(int(k) for k in shots.split(",") if k.strip())
+    except ValueError:
+        raise ConfigError(f"Invalid --shots {shots!r}.", "pass whole numbers separated by commas, e.g. 1,5.") from None
+    results = api(data, backbone=backbone, query_data=query_data, ways=ways, shots=ks, queries=queries, episodes=episodes, seed=seed,
+                  metric=metric, image_size=image_size, backbone_weights=backbone_weights, device=device,
+                  loader=_loader(label_column, text_column, path_column, "classification"), progress=not as_json)
+    if as_json:
+        print(json.dumps([r.to_dict() for r in results]))
+        return
+    t = Table(title=f"few-shot prototypes on {backbone} ({metric}, {episodes} episodes, seed {seed})")
+    for c in ("setting", "accuracy", "95% CI"):
+        t.add_column(c, justify="right")
+    for r in results:
+        t.add_row(f"{r.n_way}-way {r.k_shot}-shot", f"{r.mean:.3f}", f"± {r.ci95:.3f}")
+    out.print(t)
+
+
 @app.command()
 def models():
     """List backbones; offline ones work with no network."""
