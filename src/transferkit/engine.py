@@ -308,6 +308,8 @@ def train(
             if stopped:
                 break
             t0 = time.perf_counter()
+            if adaptation is not None:  # before train mode is set: it may predict the target set
+                adaptation.start_epoch(model, epoch)
             n_frozen = frozen_at_epoch(epoch, n_groups, cfg.freeze, cfg.unfreeze, cfg.unfreeze_every)
             frozen_norms = set_frozen_groups(backbone, n_frozen)
             model.train()
@@ -317,11 +319,6 @@ def train(
                 gen.set_state(gen_resume_state)
                 gen_resume_state = None
             gen_epoch_state = gen.get_state()
-            if adaptation is not None:
-                adaptation.start_epoch(model, epoch)
-                model.train()
-                for m in frozen_norms:
-                    m.eval()
             perm = torch.randperm(n, generator=gen)
             first = start_batch if epoch == start_epoch else 0
             if epoch != start_epoch or not resume:

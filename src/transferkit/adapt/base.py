@@ -152,10 +152,15 @@ class Adaptation:
         for m in self.methods:
             m.check(model)
         self.backbone, self.device, self.augmenter = model.backbone, device, augmenter
-        if self.prepared is None:
-            self.prepared = prepare(model.backbone, self.target_inputs)
+        self.target_store(model.backbone)
         for m in self.methods:
             m.modules.to(device)
+
+    def target_store(self, backbone):
+        """The target inputs prepared for ``backbone`` (images decoded once), made on first use."""
+        if self.prepared is None:
+            self.prepared = prepare(backbone, self.target_inputs)
+        return self.prepared
 
     def param_groups(self, cfg: FitConfig) -> list[dict[str, Any]]:
         params = [p for m in self.methods for p in m.modules.parameters()]
@@ -219,11 +224,9 @@ class Adaptation:
     @torch.no_grad()
     def predict_target(self, model) -> np.ndarray:
         """Class probabilities of the target set from the deployed model (labels are never read)."""
-        if self.prepared is None:
-            self.prepared = prepare(model.backbone, self.target_inputs)
         was_training = model.training
         twin = self.deployed(model)
-        logits = twin.predict_outputs(None, prepared=self.prepared, batch_size=self.cfg.eval_batch_size, device=self.device)
+        logits = twin.predict_outputs(None, prepared=self.target_store(model.backbone), batch_size=self.cfg.eval_batch_size, device=self.device)
         model.train(was_training)
         return torch.softmax(torch.from_numpy(logits).float(), 1).numpy()
 

@@ -58,7 +58,7 @@ def check_target(source: TaskData, target: TaskData, what: str = "target") -> No
         raise DataError(f"The source holds {source.modality}s but the {what} holds {target.modality}s.",
                         "adapt between data of the same kind (images to images, texts to texts).")
     extra = sorted(set(target.label_names) - set(source.label_names))
-    if target.label_names and extra:
+    if extra:
         raise DataError(f"The {what} has labels the source does not have: {', '.join(extra[:5])}{'...' if len(extra) > 5 else ''}.",
                         "adapt between tasks with the same label set (rename or drop those classes).")
 

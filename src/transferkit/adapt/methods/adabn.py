@@ -61,8 +61,4 @@ class AdaBN(Method):
 
     def finalize(self, model, ada) -> None:
         self.check(model)
-        if ada.prepared is None:
-            from ...inputs import prepare
-
-            ada.prepared = prepare(model.backbone, ada.target_inputs)
-        recompute_batchnorm(model, ada.prepared, ada.device, ada.cfg.eval_batch_size)
+        recompute_batchnorm(model, ada.target_store(model.backbone), ada.device, ada.cfg.eval_batch_size)
