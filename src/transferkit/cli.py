@@ -146,6 +146,7 @@ def fit(
 def predict(
     model_dir: Path = typer.Argument(..., help="saved model folder (or run folder)"),
     inputs: List[str] = typer.Argument(..., help="image files/folders, a .txt file of lines, or texts"),
+    support: Optional[Path] = typer.Option(None, help="labelled support set: classify into its classes by nearest prototype of this model's features"),
     as_json: bool = typer.Option(False, "--json", help="print JSON lines"),
     top_k: int = typer.Option(3, help="probabilities shown per input"),
     batch_size: int = typer.Option(64),
@@ -153,15 +154,23 @@ def predict(
 ):
     """Predict labels and probabilities for images or texts."""
     from .api import load_model_dir
-    from .data.dataset import load_inputs
 
     model = load_model_dir(model_dir)
-    items, kind = load_inputs(inputs)
-    if kind != model.modality:
-        from .errors import DataError
+    items, kind = _inputs_for(model.modality, inputs)
+    _print_predictions(model.predict(items, batch_size=batch_size, top_k=top_k, device=device, support=support), kind, top_k, as_json)
 
-        raise DataError(f"The model takes {model.modality} inputs but got {kind}s.", f"pass {model.modality} inputs.")
-    results = model.predict(items, batch_size=batch_size, top_k=top_k, device=device)
+
+def _inputs_for(modality: str, inputs: list[str]) -> tuple[list[str], str]:
+    from .data.dataset import load_inputs
+    from .errors import DataError
+
+    items, kind = load_inputs(inputs)
+    if kind != modality:
+        raise DataError(f"The model takes {modality} inputs but got {kind}s.", f"pass {modality} inputs.")
+    return items, kind
+
+
+def _print_predictions(results: list[dict[str, Any]], kind: str, top_k: int, as_json: bool) -> None:
     if as_json:
         for r in results:
             print(json.dumps(r))
@@ -416,6 +425,76 @@ def fewshot_eval(
     for r in results:
         t.add_row(f"{r.n_way}-way {r.k_shot}-shot", f"{r.mean:.3f}", f"± {r.ci95:.3f}")
     out.print(t)
+
+
+@app.command()
+def fewshot(
+    queries: List[str] = typer.Argument(..., help="inputs to classify: image files/folders, a .txt file of lines, or texts"),
+    support: Path = typer.Option(..., help="labelled support set (class folders or manifest), at least one example per class"),
+    model_dir: Optional[Path] = typer.Option(None, "--model", help="saved model whose backbone embeds (e.g. from 'transferkit meta-train')"),
+    backbone: str = typer.Option("efficientnet_lite0", help=_HELP["backbone"] + "; ignored with --model"),
+    backbone_weights: Optional[str] = typer.Option(None, help=_HELP["backbone_weights"]),
+    image_size: Optional[int] = typer.Option(None, help=_HELP["image_size"]),
+    metric: str = typer.Option("cosine", help="cosine | euclidean (features centred on the support mean and L2-normalised)"),
+    save: Optional[Path] = typer.Option(None, help="save the few-shot model (prototypes) here; add classes later with add_support"),
+    label_column: Optional[str] = LabelColumn,
+    text_column: Optional[str] = TextColumn,
+    path_column: Optional[str] = PathColumn,
+    as_json: bool = typer.Option(False, "--json", help="print JSON lines"),
+    top_k: int = typer.Option(3, help="probabilities shown per input"),
+    device: str = typer.Option("auto"),
+):
+    """Classify QUERIES into the classes of a small labelled support set by nearest class prototype (no training)."""
+    from .api import load_model_dir
+    from .fewshot import prototype_model
+
+    bb = load_model_dir(model_dir) if model_dir is not None else backbone
+    model = prototype_model(support, backbone=bb, metric=metric, image_size=image_size, backbone_weights=backbone_weights,
+                            device=device, loader=_loader(label_column, text_column, path_column, "classification"))
+    items, kind = _inputs_for(model.modality, queries)
+    results = model.predict(items, top_k=top_k, device=device)
+    if save is not None:
+        model.save(save)
+    _print_predictions(results, kind, top_k, as_json)
+    if save is not None and not as_json:
+        out.print(f"Few-shot model ({len(model.label_names)} classes) saved to {save}.")
+
+
+@app.command("meta-train")
+def meta_train(
+    data: Path = typer.Argument(..., help="labelled base classes (class folders or manifest); novel classes must not be among them"),
+    save: Path = typer.Option(..., help="where the meta-trained model is saved (use it as 'fewshot --model')"),
+    backbone: str = typer.Option("efficientnet_lite0", help=_HELP["backbone"]),
+    backbone_weights: Optional[str] = typer.Option(None, help=_HELP["backbone_weights"]),
+    image_size: Optional[int] = typer.Option(None, help=_HELP["image_size"]),
+    ways: int = typer.Option(20, help="classes per training episode"),
+    shots: int = typer.Option(5, help="support examples per class and episode"),
+    queries: int = typer.Option(10, help="query examples per class and episode"),
+    episodes: int = typer.Option(1000, help="training episodes"),
+    lr: float = typer.Option(1e-4, help="AdamW learning rate (cosine schedule, warm-up)"),
+    weight_decay: float = typer.Option(0.05),
+    train_last: Optional[int] = typer.Option(None, help="train only the last N layer groups (default: all)"),
+    metric: str = typer.Option("cosine", help="cosine (learned temperature) | euclidean"),
+    augment: bool = typer.Option(True, help="random resized crops and flips on images"),
+    seed: int = typer.Option(0),
+    label_column: Optional[str] = LabelColumn,
+    text_column: Optional[str] = TextColumn,
+    path_column: Optional[str] = PathColumn,
+    device: str = typer.Option("auto"),
+    progress: bool = typer.Option(True, help="show a progress bar"),
+):
+    """Episodic prototypical-network training of the backbone on base classes ("learning to learn")."""
+    from .fewshot import meta_train as api
+
+    model = api(data, backbone=backbone, ways=ways, shots=shots, queries=queries, episodes=episodes, lr=lr, weight_decay=weight_decay,
+                metric=metric, train_last=train_last, augment=augment, seed=seed, image_size=image_size,
+                backbone_weights=backbone_weights, device=device, loader=_loader(label_column, text_column, path_column, "classification"),
+                progress=progress)
+    model.save(save)
+    last = model.info["meta_training"]["history"][-1]
+    out.print(f"Meta-trained {episodes} episodes in {model.info['meta_training']['seconds']} s (last training episodes: "
+              f"loss {last['loss']:.3f}, accuracy {last['accuracy']:.3f}). Saved to {save}; "
+              f"use it with: transferkit fewshot --model {save} --support SUPPORT QUERIES...")
 
 
 @app.command()

@@ -75,9 +75,17 @@ class TransferModel(nn.Module):
             return np.zeros((0, self.head_spec["out"]), dtype=np.float32)
         return torch.cat(outs).numpy()
 
-    def predict(self, inputs: Sequence[str] | str, batch_size: int = 64, top_k: int | None = None, device: str = "auto") -> list[dict[str, Any]]:
+    def predict(self, inputs: Sequence[str] | str, batch_size: int = 64, top_k: int | None = None, device: str = "auto",
+                support=None) -> list[dict[str, Any]]:
         """Predict raw inputs (image paths or texts). Each result has ``label`` and ``probabilities``
-        (classification), ``labels`` (multilabel) or ``value`` (regression)."""
+        (classification), ``labels`` (multilabel) or ``value`` (regression).
+
+        ``support`` (labelled data: class folders, a manifest or ``TaskData``): classify into the
+        support set's classes instead, by nearest prototype of this model's backbone features."""
+        if support is not None:
+            from .fewshot import prototype_model
+
+            return prototype_model(support, backbone=self.backbone, device=device).predict(inputs, batch_size, top_k, device)
         if isinstance(inputs, (str, Path)):
             inputs = [str(inputs)]
         inputs = [str(x) for x in inputs]
@@ -113,6 +121,35 @@ class TransferModel(nn.Module):
 
         out = self.predict_outputs(data.inputs, batch_size=batch_size, device=device)
         return task_metrics(self.task, data.targets, out, self.label_names)
+
+    def add_support(self, data, device: str = "auto", progress: bool = False) -> "TransferModel":
+        """Add labelled examples to a prototype model (few-shot or zero-shot): examples of known
+        classes update their prototypes, new class names become new classes. No retraining."""
+        from .data.dataset import TaskData, load_data
+        from .errors import ConfigError
+        from .features import extract_features
+        from .fewshot.prototypes import check_support
+        from .heads import PrototypeHead
+
+        if not isinstance(self.head, PrototypeHead):
+            raise ConfigError(f"add_support needs a prototype model; this one has a trained {self.head_spec['kind']} head.",
+                              "build one with transferkit.fewshot.prototype_model (or 'transferkit fewshot --save').")
+        d = data if isinstance(data, TaskData) else load_data(data, min_classes=1)
+        if d.modality != self.modality:
+            raise DataError(f"{d.source} holds {d.modality} inputs; this model takes {self.modality}.", "add examples of the model's modality.")
+        check_support(d, d.source)
+        names = list(self.label_names)
+        idx = []
+        for n in d.label_names:
+            if n not in names:
+                names.append(n)
+            idx.append(names.index(n))
+        labels = torch.as_tensor(idx, dtype=torch.long)[torch.as_tensor(np.asarray(d.targets), dtype=torch.long)]
+        feats = extract_features(self.backbone, d, device=device, progress=progress)
+        self.head.add_examples(feats, labels)
+        self.label_names = names
+        self.head_spec["out"] = len(names)
+        return self
 
     # ------------------------------------------------------------------ persistence
     def config_dict(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Backbone registry: short offline names, ``timm/<arch>``, ``hf/<name>`` and local paths.
+"""Backbone registry: short offline names, ``timm/<arch>``, ``hf/<name>``, ``clip/<name>`` and local paths.
 
 ``create_backbone(name)`` is the one entry point; ``list_backbones()`` says what is registered and
 whether it works offline.
@@ -80,10 +80,12 @@ def create_backbone(
     max_length: int | None = None,
 ) -> Backbone:
     """Create a backbone by short name (``efficientnet_lite0``, ``minilm``), ``timm/<arch>``,
-    ``hf/<name>`` or a local folder (timm folder with config.json 'architecture', or a Hugging Face folder).
+    ``hf/<name>``, ``clip/<name>`` or a local folder (timm folder with config.json 'architecture', a CLIP
+    folder with config.json 'model_type' clip, or a Hugging Face text folder).
 
     ``pretrained=False`` gives the same architecture randomly initialised (the scratch baseline).
     """
+    from .clip import ClipBackbone, is_clip_folder
     from .hf_text import HFTextBackbone
     from .timm_backbone import TimmBackbone, timm_folder_config
 
@@ -93,6 +95,8 @@ def create_backbone(
         return TimmBackbone(name[5:], pretrained=pretrained, weights=weights, image_size=image_size, name=name)
     if name.startswith("hf/"):
         return HFTextBackbone(name[3:], pretrained=pretrained, pooling=pooling, max_length=max_length, name=name)
+    if name.startswith("clip/"):
+        return ClipBackbone(name[5:], pretrained=pretrained, image_size=image_size, name=name)
     path = Path(name)
     if path.is_dir():
         found = timm_folder_config(path)
@@ -100,21 +104,24 @@ def create_backbone(
             arch, pre = found
             return TimmBackbone(arch, pretrained=pretrained, weights=path / "model.safetensors", image_size=image_size,
                                 name=f"timm/{arch}", pretrained_cfg=pre)
+        if is_clip_folder(path):
+            return ClipBackbone(path, pretrained=pretrained, image_size=image_size, name=str(path))
         if (path / "config.json").is_file():
             return HFTextBackbone(path, pretrained=pretrained, pooling=pooling, max_length=max_length, name=str(path))
     raise ConfigError(
         f"Unknown backbone {name!r}.",
-        f"use an offline name ({', '.join(BACKBONES.names())}), timm/<arch>, hf/<name> or a local model folder; "
+        f"use an offline name ({', '.join(BACKBONES.names())}), timm/<arch>, hf/<name>, clip/<name> or a local model folder; "
         "'transferkit models' lists them.",
     )
 
 
 def backbone_from_recipe(recipe: dict[str, Any], folder: Path) -> Backbone:
     """Rebuild a saved backbone's architecture (random weights; the caller loads the saved ones)."""
+    from .clip import ClipBackbone
     from .hf_text import HFTextBackbone
     from .timm_backbone import TimmBackbone
 
-    cls = {"timm": TimmBackbone, "hf": HFTextBackbone}.get(recipe.get("type"))
+    cls = {"timm": TimmBackbone, "hf": HFTextBackbone, "clip": ClipBackbone}.get(recipe.get("type"))
     if cls is None:
         raise ConfigError(f"Unknown backbone type {recipe.get('type')!r} in saved config.", "re-save the model with this version.")
     return cls.from_recipe(recipe, folder)
@@ -128,4 +135,7 @@ def list_backbones() -> list[dict[str, Any]]:
     ]
     rows.append({"name": "timm/<arch>", "modality": "image", "description": "any timm model, hub weights (online) or --backbone-weights FILE", "offline": False})
     rows.append({"name": "hf/<name>", "modality": "text", "description": "any Hugging Face encoder (online) or a local folder", "offline": False})
+    rows.append({"name": "clip/<name>", "modality": "image",
+                 "description": "CLIP image-text model (image features; text prompts for zero-shot), hub (online) or a local folder",
+                 "offline": False})
     return rows
