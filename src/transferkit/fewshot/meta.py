@@ -113,13 +113,13 @@ def meta_train(
             accs.append(float((logits.argmax(1) == targets).float().mean()))
             if (step + 1) % 50 == 0 or step + 1 == episodes:
                 history.append({"episode": step + 1, "loss": float(np.mean(losses)), "accuracy": float(np.mean(accs)),
-                                "scale": float(log_scale.exp())})
+                                "scale": float(log_scale.detach().exp())})
                 bar.update(task, info=f"loss {history[-1]['loss']:.3f} acc {history[-1]['accuracy']:.3f}")
                 losses, accs = [], []
             bar.update(task, advance=1)
     set_frozen_groups(bb, 0)
     bb.cpu().eval()
-    model = prototype_model(d, backbone=bb, metric=metric, scale=float(log_scale.exp()) if metric == "cosine" else 1.0, device=device)
+    model = prototype_model(d, backbone=bb, metric=metric, scale=float(log_scale.detach().exp()) if metric == "cosine" else 1.0, device=device)
     model.strategy = "meta-prototypes"
     model.info["meta_training"] = {
         "ways": ways, "shots": shots, "queries": queries, "episodes": episodes, "lr": lr, "weight_decay": weight_decay,
