@@ -14,7 +14,7 @@ classes. Methods: ``frozen``, ``meta`` (episodic prototypical training, transfer
 ``supervised+meta`` (the supervised backbone, then meta-trained).
 
     python benchmarks/fewshot_emoji.py --image-size 224
-    python benchmarks/fewshot_emoji.py --meta --methods frozen,meta --episodes-train 1000 --json out.json
+    python benchmarks/fewshot_emoji.py --meta --methods frozen,meta,supervised,supervised+meta --json out.json
 """
 
 from __future__ import annotations
@@ -69,11 +69,11 @@ def main() -> None:
     ap.add_argument("--methods", default="frozen,meta,supervised")
     ap.add_argument("--novel", type=int, default=20, help="novel subcategories held out")
     ap.add_argument("--split-seed", type=int, default=0)
-    ap.add_argument("--episodes-train", type=int, default=1000)
-    ap.add_argument("--ways", type=int, default=20)
+    ap.add_argument("--episodes-train", type=int, default=2000)
+    ap.add_argument("--ways", type=int, default=5)
     ap.add_argument("--shots", type=int, default=5)
     ap.add_argument("--train-queries", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--train-last", type=int, default=None)
     ap.add_argument("--epochs", type=int, default=15, help="supervised: epochs on the base classes")
     ap.add_argument("--seed", type=int, default=0)

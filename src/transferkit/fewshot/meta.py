@@ -39,11 +39,11 @@ def meta_train(
     data,
     *,
     backbone: Any = "efficientnet_lite0",
-    ways: int = 20,
+    ways: int = 5,
     shots: int = 5,
-    queries: int = 10,
-    episodes: int = 1000,
-    lr: float = 1e-4,
+    queries: int = 5,
+    episodes: int = 2000,
+    lr: float = 3e-5,
     weight_decay: float = 0.05,
     warmup: float = 0.05,
     metric: str = "cosine",
@@ -60,8 +60,10 @@ def meta_train(
     ``TransferModel`` of the base classes whose backbone is the meta-trained one (use it as the
     backbone of ``prototype_model``/``fewshot`` for novel classes).
 
-    ``ways``: classes per training episode (more than at test time is usual); ``train_last``:
-    train only the last N layer groups (None = all).
+    ``ways``: classes per training episode; ``train_last``: train only the last N layer groups
+    (None = all). The defaults are the best of the settings measured on emoji subcategories
+    (README): with about 1,400 base images, higher rates, more ways or more episodes overfit the
+    base classes.
     """
     from ..data.dataset import TaskData, load_data
     from ..engine import progress_bar, seed_everything
