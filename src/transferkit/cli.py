@@ -498,6 +498,43 @@ def meta_train(
 
 
 @app.command()
+def zeroshot(
+    inputs: List[str] = typer.Argument(..., help="inputs to classify: image files/folders, a .txt file of lines, or texts"),
+    labels: Optional[str] = typer.Option(None, help='candidate labels, comma-separated: "cat,dog"'),
+    labels_file: Optional[Path] = typer.Option(None, help="one label per line, optionally 'name: description' (or a CSV with label,description)"),
+    backbone: str = typer.Option("minilm", help="text encoder (minilm, hf/<name>), image-text model (clip/<name>), or any image backbone with --seen"),
+    template: Optional[List[str]] = typer.Option(None, help="prompt template with {} for the label; repeat to ensemble (default: '{}' for text, photo/drawing/icon prompts for CLIP)"),
+    seen: Optional[Path] = typer.Option(None, help="labelled data of seen classes: learn a map from image features to the class vectors"),
+    attributes: Optional[Path] = typer.Option(None, help="CSV 'class,attr1,...' giving the class vectors for --seen (default: --text-encoder embeddings of the labels)"),
+    text_encoder: str = typer.Option("minilm", help="with --seen: the encoder of label names/descriptions"),
+    calibration: str = typer.Option("auto", help="with --seen and seen classes among the labels: lowered seen-class scores (cosine units), or auto"),
+    backbone_weights: Optional[str] = typer.Option(None, help=_HELP["backbone_weights"]),
+    image_size: Optional[int] = typer.Option(None, help=_HELP["image_size"]),
+    save: Optional[Path] = typer.Option(None, help="save the zero-shot model here (it loads like any model)"),
+    label_column: Optional[str] = LabelColumn,
+    text_column: Optional[str] = TextColumn,
+    path_column: Optional[str] = PathColumn,
+    as_json: bool = typer.Option(False, "--json", help="print JSON lines"),
+    top_k: int = typer.Option(3, help="probabilities shown per input"),
+    device: str = typer.Option("auto"),
+):
+    """Classify INPUTS into classes known only by their names, descriptions or attributes."""
+    from .zeroshot import zeroshot_model
+
+    model = zeroshot_model(labels, labels_file=labels_file, backbone=backbone, templates=template or None, seen=seen,
+                           attributes=attributes, text_encoder=text_encoder, calibration=calibration, image_size=image_size,
+                           backbone_weights=backbone_weights, device=device,
+                           loader=_loader(label_column, text_column, path_column, "classification"))
+    items, kind = _inputs_for(model.modality, inputs)
+    results = model.predict(items, top_k=top_k, device=device)
+    if save is not None:
+        model.save(save)
+    _print_predictions(results, kind, top_k, as_json)
+    if save is not None and not as_json:
+        out.print(f"Zero-shot model ({len(model.label_names)} classes) saved to {save}.")
+
+
+@app.command()
 def models():
     """List backbones; offline ones work with no network."""
     from .backbones import list_backbones

@@ -258,6 +258,10 @@ def zeroshot_model(
         if attributes is not None:
             raise ConfigError("--attributes needs --seen: the map from features to attributes is learned on labelled seen classes.",
                               "pass --seen DATA with examples of the seen classes.")
+        if bb.modality == "image" and not hasattr(bb, "encode_texts"):
+            raise ConfigError(f"The image backbone {bb.name} has no text tower to embed the labels.",
+                              "pass --seen DATA (labelled seen classes) to learn a map to label embeddings or --attributes, "
+                              "or use an image-text backbone (clip/<name>).")
         vectors = label_vectors(bb, names, descriptions, templates, device)
         info["templates"] = list(templates or (IMAGE_TEMPLATES if hasattr(bb, "encode_texts") else TEXT_TEMPLATES))
         default_scale = float(getattr(bb, "logit_scale", 0.0) or 20.0)
