@@ -427,6 +427,17 @@ def fewshot_eval(
     out.print(t)
 
 
+def _predict_and_save(model, inputs: list[str], save: Optional[Path], top_k: int, as_json: bool, device: str, what: str) -> None:
+    """Predict ``inputs`` with a freshly built model, then save it (only after the inputs worked)."""
+    items, kind = _inputs_for(model.modality, inputs)
+    results = model.predict(items, top_k=top_k, device=device)
+    if save is not None:
+        model.save(save)
+    _print_predictions(results, kind, top_k, as_json)
+    if save is not None and not as_json:
+        out.print(f"{what} model ({len(model.label_names)} classes) saved to {save}.")
+
+
 @app.command()
 def fewshot(
     queries: List[str] = typer.Argument(..., help="inputs to classify: image files/folders, a .txt file of lines, or texts"),
@@ -451,13 +462,7 @@ def fewshot(
     bb = load_model_dir(model_dir) if model_dir is not None else backbone
     model = prototype_model(support, backbone=bb, metric=metric, image_size=image_size, backbone_weights=backbone_weights,
                             device=device, loader=_loader(label_column, text_column, path_column, "classification"))
-    items, kind = _inputs_for(model.modality, queries)
-    results = model.predict(items, top_k=top_k, device=device)
-    if save is not None:
-        model.save(save)
-    _print_predictions(results, kind, top_k, as_json)
-    if save is not None and not as_json:
-        out.print(f"Few-shot model ({len(model.label_names)} classes) saved to {save}.")
+    _predict_and_save(model, queries, save, top_k, as_json, device, "Few-shot")
 
 
 @app.command("meta-train")
@@ -525,13 +530,7 @@ def zeroshot(
                            attributes=attributes, text_encoder=text_encoder, calibration=calibration, image_size=image_size,
                            backbone_weights=backbone_weights, device=device,
                            loader=_loader(label_column, text_column, path_column, "classification"))
-    items, kind = _inputs_for(model.modality, inputs)
-    results = model.predict(items, top_k=top_k, device=device)
-    if save is not None:
-        model.save(save)
-    _print_predictions(results, kind, top_k, as_json)
-    if save is not None and not as_json:
-        out.print(f"Zero-shot model ({len(model.label_names)} classes) saved to {save}.")
+    _predict_and_save(model, inputs, save, top_k, as_json, device, "Zero-shot")
 
 
 @app.command()
