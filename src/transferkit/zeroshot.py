@@ -119,6 +119,8 @@ def label_vectors(encoder, names: Sequence[str], descriptions: dict[str, str] | 
                   templates: Sequence[str] | None = None, device: str | torch.device = "auto") -> torch.Tensor:
     """One unit vector per class: the mean of the normalised embeddings of its prompts (each template
     filled with the name), plus its description if one is given."""
+    if isinstance(templates, str):
+        templates = (templates,)
     templates = tuple(templates or (IMAGE_TEMPLATES if hasattr(encoder, "encode_texts") else TEXT_TEMPLATES))
     if any("{}" not in t for t in templates):
         raise ConfigError(f"Template {next(t for t in templates if '{}' not in t)!r} has no '{{}}' for the label.", 'write e.g. "a photo of a {}."')
