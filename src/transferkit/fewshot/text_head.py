@@ -29,27 +29,6 @@ from torch import nn
 from ..errors import ConfigError, DataError
 
 
-def embed_texts(backbone, texts: Sequence[str], batch_size: int = 64, device: str | torch.device = "auto") -> torch.Tensor:
-    """Pooled embeddings ``[N, D]`` (float32, not normalised) of ``texts``, batched by length so
-    short texts are not padded to long ones (about twice as fast as input order on fortunes)."""
-    from ..inputs import autocast, resolve_device
-
-    dev = resolve_device(device) if isinstance(device, str) else device
-    texts = [str(t) for t in texts]
-    out = torch.zeros(len(texts), backbone.num_features)
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    was_training = backbone.training
-    backbone.eval().to(dev)
-    with torch.no_grad():
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
-            batch = {k: v.to(dev) for k, v in backbone.tokenize([texts[i] for i in idx]).items()}
-            with autocast(dev):
-                out[torch.as_tensor(idx)] = backbone(batch).float().cpu()
-    backbone.train(was_training)
-    return out
-
-
 def prior_class_vectors(features: torch.Tensor, labels: torch.Tensor, label_vecs: torch.Tensor,
                         prior_weight: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sums [C, D], counts [C])``: the normalised example embeddings of each class plus
@@ -168,6 +147,7 @@ def text_fewshot_model(
     loads and takes ``add_support``.
     """
     from ..data.dataset import TaskData, load_data
+    from ..features import compute_features
     from ..heads import make_head, prototype_spec
     from ..model import TransferModel
     from ..zeroshot import label_vectors
@@ -189,7 +169,7 @@ def text_fewshot_model(
     info: dict[str, Any] = {"support": {"source": str(data.source), "examples": len(data), "classes": len(names)},
                             "descriptions": desc, "prior_weight": prior_weight}
     if epochs:
-        feats = embed_texts(bb, data.inputs, device=device)
+        feats = compute_features(bb, data.inputs, batch_size=64, device=device)
         sums, _ = prior_class_vectors(feats, y, label_vectors(bb, names, desc, templates, device), prior_weight)
         texts, labels = list(data.inputs), y.tolist()
         if description_examples:
@@ -199,7 +179,7 @@ def text_fewshot_model(
                             "description_examples": description_examples, "seed": seed}
         info["history"] = finetune_encoder(bb, texts, labels, sums, epochs=epochs, lr=lr, head_lr=head_lr, scale=train_scale, reg=reg,
                                            batch_size=batch_size, seed=seed, device=device)
-    feats = embed_texts(bb, data.inputs, device=device)
+    feats = compute_features(bb, data.inputs, batch_size=64, device=device)
     sums, counts = prior_class_vectors(feats, y, label_vectors(bb, names, desc, templates, device), prior_weight)
     spec = prototype_spec(bb.num_features, len(names), "cosine")
     head = make_head(spec)
