@@ -71,7 +71,11 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: FitConfig, total_steps: int):
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total_steps, pct_start=max(cfg.warmup, 0.01)
         )
-    warm = int(cfg.warmup * total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(int(cfg.warmup * total_steps), total_steps))
+
+
+def warmup_cosine(warm: int, total_steps: int):
+    """Learning-rate factor of a step: linear warm-up over ``warm`` steps, then cosine decay to 0."""
 
     def factor(step: int) -> float:
         if step < warm:
@@ -79,7 +83,7 @@ def _scheduler(opt: torch.optim.Optimizer, cfg: FitConfig, total_steps: int):
         progress = (step - warm) / max(1, total_steps - warm)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return factor
 
 
 def _loss_fn(task: str, label_smoothing: float):

@@ -66,7 +66,7 @@ def meta_train(
     base classes.
     """
     from ..data.dataset import TaskData, load_data
-    from ..engine import progress_bar, seed_everything
+    from ..engine import progress_bar, seed_everything, warmup_cosine
     from ..freezing import set_frozen_groups
     from ..inputs import Augmenter, autocast, make_batch, prepare, resolve_device
 
@@ -85,9 +85,7 @@ def meta_train(
     log_scale = nn.Parameter(torch.tensor(math.log(10.0), device=dev))
     opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
                              {"params": [p for p in params if p.ndim <= 1] + [log_scale], "weight_decay": 0.0}], lr=lr)
-    warm = max(1, int(warmup * episodes))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, episodes - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, int(warmup * episodes)), episodes))
     prepared = prepare(bb, d.inputs)
     aug = Augmenter(bb.preprocess) if augment and bb.modality == "image" else None
     bb.to(dev).train()
