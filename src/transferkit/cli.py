@@ -32,6 +32,7 @@ _HELP = {
     "backbone": "backbone: efficientnet_lite0, minilm, timm/<arch>, hf/<name> or a local folder ('transferkit models')",
     "strategy": "linear-probe | finetune | scratch ('transferkit strategies')",
     "backbone_weights": "local .safetensors weights for a timm/<arch> backbone (offline)",
+    "layer": "cut the backbone after this layer and train on its pooled features ('transferkit rank --layers' names them)",
     "image_size": "input size in pixels (default: the weights' own)",
     "head": "linear-probe head: logistic | linear | mlp; finetune head: linear | mlp",
     "freeze": "keep the first N layer groups frozen (layer-wise fine-tuning)",

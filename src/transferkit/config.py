@@ -27,6 +27,7 @@ class FitConfig:
     backbone: str = "efficientnet_lite0"
     strategy: str = "finetune"
     backbone_weights: str | None = None
+    layer: str | None = None  # cut the backbone after this feature point ('transferkit rank --layers' names them)
     image_size: int | None = None  # None: the weights' own input size
     pooling: str = "mean"  # text backbones
     max_length: int | None = None  # text backbones

@@ -78,13 +78,24 @@ def create_backbone(
     image_size: int | None = None,
     pooling: str = "mean",
     max_length: int | None = None,
+    layer: str | None = None,
 ) -> Backbone:
     """Create a backbone by short name (``efficientnet_lite0``, ``minilm``), ``timm/<arch>``,
     ``hf/<name>``, ``clip/<name>`` or a local folder (timm folder with config.json 'architecture', a CLIP
     folder with config.json 'model_type' clip, or a Hugging Face text folder).
 
     ``pretrained=False`` gives the same architecture randomly initialised (the scratch baseline).
+    ``layer`` cuts the backbone after that feature point (``transferkit rank --layers`` names them).
     """
+    backbone = _create(name, pretrained=pretrained, weights=weights, image_size=image_size, pooling=pooling, max_length=max_length)
+    if layer and layer != "output":
+        from .layers import CutBackbone
+
+        return CutBackbone(backbone, layer)
+    return backbone
+
+
+def _create(name: str, *, pretrained: bool, weights, image_size, pooling: str, max_length) -> Backbone:
     from .clip import ClipBackbone, is_clip_folder
     from .hf_text import HFTextBackbone
     from .timm_backbone import TimmBackbone, timm_folder_config
@@ -119,9 +130,10 @@ def backbone_from_recipe(recipe: dict[str, Any], folder: Path) -> Backbone:
     """Rebuild a saved backbone's architecture (random weights; the caller loads the saved ones)."""
     from .clip import ClipBackbone
     from .hf_text import HFTextBackbone
+    from .layers import CutBackbone
     from .timm_backbone import TimmBackbone
 
-    cls = {"timm": TimmBackbone, "hf": HFTextBackbone, "clip": ClipBackbone}.get(recipe.get("type"))
+    cls = {"timm": TimmBackbone, "hf": HFTextBackbone, "clip": ClipBackbone, "cut": CutBackbone}.get(recipe.get("type"))
     if cls is None:
         raise ConfigError(f"Unknown backbone type {recipe.get('type')!r} in saved config.", "re-save the model with this version.")
     return cls.from_recipe(recipe, folder)

@@ -62,6 +62,8 @@ class Backbone(nn.Module):
     source: ClassVar[str]
     num_features: int
     preprocess: ImagePreprocess | TextPreprocess
+    #: the pretrained source classifier (weight [Z, D], bias [Z]) on the output features, if known
+    source_head: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def __init__(self, name: str):
         super().__init__()
@@ -73,6 +75,23 @@ class Backbone(nn.Module):
     def layer_groups(self) -> list[list[str]]:
         """Parameter names grouped by layer, ordered input -> output. Every parameter is in one group."""
         raise NotImplementedError
+
+    def feature_points(self) -> list[tuple[str, nn.Module | None]]:
+        """Where pooled features can be taken, input -> output: the module closing each layer group
+        but the last, then ``("output", None)`` (see ``backbones.layers``)."""
+        from .layers import points_from_groups
+
+        return points_from_groups(self, self.layer_groups())
+
+    def pool_hidden(self, hidden: Any, batch: Any) -> torch.Tensor:
+        """Pool an inner module's output to ``[B, D]``: spatial mean of ``[B, C, H, W]``, token mean
+        of ``[B, L, D]``."""
+        h = hidden[0] if isinstance(hidden, (tuple, list)) else hidden
+        if h.dim() == 4:
+            return h.mean(dim=(2, 3))
+        if h.dim() == 3:
+            return h.mean(dim=1)
+        return h.flatten(1)
 
     # --- persistence: a saved model rebuilds the architecture from this recipe, then loads weights
     def recipe(self) -> dict[str, Any]:

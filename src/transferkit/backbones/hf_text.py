@@ -84,15 +84,25 @@ class HFTextBackbone(Backbone):
         return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = self.model(**batch).last_hidden_state
-        if self.preprocess.pooling == "cls":
-            return out[:, 0]
-        mask = batch["attention_mask"].unsqueeze(-1).to(out.dtype)
-        return (out * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+        return self.pool_hidden(self.model(**batch).last_hidden_state, batch)
 
     def layer_groups(self) -> list[list[str]]:
         names = [n for n, _ in self.named_parameters()]
         return group_by_patterns(names, r"\.embeddings\.", r"\.layers?\.(\d+)\.")
+
+    def feature_points(self):
+        # a pooler is not part of the features: the last transformer layer's pooled output is "output"
+        from .layers import points_from_groups
+
+        groups = [g for g in self.layer_groups() if not all(".pooler." in n for n in g)]
+        return points_from_groups(self, groups)
+
+    def pool_hidden(self, hidden, batch) -> torch.Tensor:
+        h = hidden[0] if isinstance(hidden, (tuple, list)) else hidden
+        if self.preprocess.pooling == "cls":
+            return h[:, 0]
+        mask = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
+        return (h * mask).sum(1) / mask.sum(1).clamp_min(1.0)
 
     def recipe(self) -> dict[str, Any]:
         return {"type": "hf", "name": self.name, "preprocess": self.preprocess.to_dict()}

@@ -32,6 +32,20 @@ def _load_strict_except_head(model, state: dict[str, torch.Tensor], source: str)
     model.load_state_dict(state, strict=False)
 
 
+def _source_head(model, state: dict[str, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The pretrained classifier (weight, bias) over the source labels (ImageNet), kept for the
+    transferability scores that need source predictions (LEEP, NCE); None when the weights have none."""
+    head = model.get_classifier()
+    if not isinstance(head, torch.nn.Linear):
+        return None
+    name = model.pretrained_cfg.get("classifier", "classifier")
+    if state is not None and (not isinstance(name, str) or f"{name}.weight" not in state
+                              or state[f"{name}.weight"].shape != head.weight.shape):
+        return None
+    bias = head.bias if head.bias is not None else torch.zeros(head.out_features)
+    return head.weight.detach().clone(), bias.detach().clone()
+
+
 def read_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -73,11 +87,13 @@ class TimmBackbone(Backbone):
             # a local folder's own pretrained_cfg (mean/std/crop) overrides the architecture's default
             model = timm.create_model(arch, pretrained=False, pretrained_cfg_overlay=pretrained_cfg or None)
             if pretrained:
-                _load_strict_except_head(model, read_safetensors(weights), str(weights))
+                state = read_safetensors(weights)
+                _load_strict_except_head(model, state, str(weights))
+                self.source_head = _source_head(model, state)
             model.reset_classifier(0)
         elif pretrained:
             try:
-                model = timm.create_model(arch, pretrained=True, num_classes=0)
+                model = timm.create_model(arch, pretrained=True)
             except Exception as e:
                 raise ConfigError(
                     f"Could not load pretrained weights for timm/{arch} from the hub ({type(e).__name__}).",
@@ -85,6 +101,8 @@ class TimmBackbone(Backbone):
                     "or a timm folder with config.json + model.safetensors, or use an offline model "
                     "such as efficientnet_lite0.",
                 ) from None
+            self.source_head = _source_head(model, None)
+            model.reset_classifier(0)
         else:
             model = timm.create_model(arch, pretrained=False, num_classes=0)
         self.model = model

@@ -46,6 +46,7 @@ def make_backbone(cfg: FitConfig, pretrained: bool = True) -> Backbone:
         image_size=cfg.image_size,
         pooling=cfg.pooling,
         max_length=cfg.max_length,
+        layer=cfg.layer,
     )
 
 
