@@ -15,7 +15,7 @@ import torch
 from ._cache import cache_dir
 from ._io import atomic_path
 from .backbones.base import Backbone
-from .backbones.layers import OUTPUT, pooled_layers
+from .backbones.layers import OUTPUT, dummy_batch, pooled_layers
 from .inputs import autocast, make_batch, prepare, resolve_device
 
 
@@ -60,6 +60,12 @@ def compute_layer_features(
                     out[name] = torch.zeros((n, feats.shape[-1]))
                 out[name][torch.as_tensor(idx)] = feats.float().cpu()
             bar.update(task, advance=len(idx))
+    if n == 0:  # no inputs: empty features of the right widths
+        dims = {OUTPUT: backbone.num_features}
+        if any(name != OUTPUT for name in layers):
+            got = pooled_layers(backbone, dummy_batch(backbone), [name for name in layers if name != OUTPUT])
+            dims.update({name: t.shape[-1] for name, t in got.items()})
+        out = {name: torch.zeros((0, dims[name])) for name in layers}
     backbone.train(was_training).cpu()
     return out
 
