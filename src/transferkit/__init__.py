@@ -17,9 +17,10 @@ from .errors import TransferkitError  # noqa: E402
 from .fewshot import fewshot_eval  # noqa: E402
 from .model import TransferModel  # noqa: E402
 from .strategies import list_strategies, register_strategy  # noqa: E402
+from .transferability import rank  # noqa: E402
 
 __all__ = [
     "__version__", "fit", "compare", "evaluate", "load", "FitResult", "FitConfig", "TransferModel",
     "TaskData", "load_data", "split_data", "create_backbone", "list_backbones", "list_strategies",
-    "register_strategy", "TransferkitError", "fewshot_eval",
+    "register_strategy", "TransferkitError", "fewshot_eval", "rank",
 ]

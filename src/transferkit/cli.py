@@ -534,6 +534,59 @@ def zeroshot(
     _predict_and_save(model, inputs, save, top_k, as_json, device, "Zero-shot")
 
 
+def rank_table(report) -> Table:
+    names = [n for n in ("logme", "hscore", "nce", "leep", "knn", "linear_cv") if any(n in r.scores for r in report.rows)]
+    t = Table(title=f"transferability on {report.n_scored} of {report.n_samples} samples, {report.n_classes} classes "
+                    f"(mean rank over {', '.join(report.aggregate_over) or 'no common score'})")
+    for c in ("#", "candidate", "dim", *names, "mean rank", "time (s)"):
+        t.add_column(c, justify="left" if c == "candidate" else "right")
+    for i, r in enumerate(report.rows, 1):
+        cells = [f"{r.scores[n]:.3f}" if n in r.scores else "-" for n in names]
+        mean = f"{r.mean_rank:.2f}" if r.mean_rank is not None else "-"
+        t.add_row(str(i), r.label, str(r.dim), *cells, mean, f"{r.seconds:.1f}")
+    return t
+
+
+@app.command()
+def rank(
+    data: Path = typer.Option(..., help="labelled data in any form 'fit' accepts"),
+    backbones: str = typer.Option(..., help="comma-separated candidates, e.g. efficientnet_lite0,efficientnet_lite2"),
+    layers: Optional[str] = typer.Option(None, help="'all' (every layer of each backbone: where to cut) or comma-separated layer names"),
+    scratch: bool = typer.Option(True, help="score each backbone randomly initialised too, and warn of negative transfer"),
+    scores: Optional[str] = typer.Option(None, help="comma-separated scores (default all): logme, hscore, nce, leep, knn, linear_cv"),
+    max_samples: Optional[int] = typer.Option(5000, help="score at most this many samples (stratified); 0: all"),
+    image_size: Optional[int] = typer.Option(None, help="input size in pixels (default: the weights' own)"),
+    batch_size: int = typer.Option(128),
+    device: str = typer.Option("auto"),
+    seed: int = typer.Option(0),
+    save: Optional[Path] = typer.Option(None, help="write the report as JSON"),
+    label_column: Optional[str] = LabelColumn,
+    text_column: Optional[str] = TextColumn,
+    path_column: Optional[str] = PathColumn,
+    as_json: bool = typer.Option(False, "--json"),
+    progress: bool = typer.Option(True),
+):
+    """Rank pretrained backbones (or their layers) for DATA from frozen features, before any fine-tuning."""
+    from .transferability import rank as api_rank
+
+    split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)
+    report = api_rank(data, split(backbones), layers="all" if layers == "all" else split(layers), scratch=scratch,
+                      scores=split(scores), max_samples=max_samples or None, seed=seed, image_size=image_size,
+                      batch_size=batch_size, device=device, progress=progress,
+                      loader=_loader(label_column, text_column, path_column, "classification"))
+    if save is not None:
+        report.save(save)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+        return
+    out.print(rank_table(report))
+    for w in report.warnings:
+        err.print(f"[yellow]warning:[/] {w}")
+    rec = report.recommendation
+    out.print(f"recommended: {rec['backbone']} at {rec['layer']}, strategy {rec['strategy']} ({rec['reason']}).")
+    out.print(f"  {rec['command']}")
+
+
 @app.command()
 def models():
     """List backbones; offline ones work with no network."""

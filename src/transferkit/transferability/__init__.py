@@ -6,6 +6,7 @@ from .base import SCORES, ScoreSpec, check_inputs, compute_scores
 from .empirical import knn_accuracy, linear_cv
 from .hscore import hscore
 from .logme import logme
+from .rank import RankReport, RankRow, rank
 from .source import leep, nce
 
 __all__ = [
@@ -19,4 +20,7 @@ __all__ = [
     "linear_cv",
     "logme",
     "nce",
+    "rank",
+    "RankReport",
+    "RankRow",
 ]
