@@ -36,8 +36,9 @@ class RankRow:
     pretrained: bool
     dim: int
     scores: dict[str, float]
-    seconds: float
+    seconds: float  # features (shared evenly by a backbone's layers) + scores
     mean_rank: float | None = None
+    score_seconds: float = 0.0
 
     @property
     def label(self) -> str:
@@ -154,6 +155,41 @@ def _layers_for(backbone, layers: str | list[str] | None) -> list[str]:
     return check_points(backbone, names)
 
 
+def score_backbone(
+    name: str,
+    data: TaskData,
+    layers: str | list[str] | None = None,
+    *,
+    pretrained: bool = True,
+    scores: list[str] | None = None,
+    seed: int = 0,
+    image_size: int | None = None,
+    batch_size: int = 128,
+    device: str = "auto",
+    cache: bool = True,
+    progress: bool = False,
+) -> list[RankRow]:
+    """One row per layer of one backbone (pretrained, or randomly initialised with ``seed``): every
+    score on its frozen features, and the seconds it took (features shared evenly by the layers)."""
+    torch.manual_seed(seed)  # the random-init control is the same network on every run
+    t0 = time.perf_counter()
+    bb = create_backbone(name, pretrained=pretrained, image_size=image_size)
+    if bb.modality != data.modality:
+        raise DataError(f"Backbone {name!r} takes {bb.modality} inputs but the data holds {data.modality}s.",
+                        "rank image backbones on images and text backbones on texts.")
+    points = _layers_for(bb, layers)
+    feats = extract_layer_features(bb, data, points, batch_size=batch_size, device=device, cache=cache, progress=progress)
+    shared = (time.perf_counter() - t0) / len(points)
+    rows = []
+    for layer in points:
+        t1 = time.perf_counter()
+        probs = _source_probs(bb.source_head, feats[layer]) if (layer == OUTPUT and bb.source_head) else None
+        values = compute_scores(feats[layer], data.targets, source_probs=probs, names=scores, seed=seed)
+        took = time.perf_counter() - t1
+        rows.append(RankRow(name, layer, pretrained, int(feats[layer].shape[1]), values, shared + took, score_seconds=took))
+    return rows
+
+
 def rank(
     data: TaskData | str | Path,
     backbones: list[str] | str,
@@ -195,21 +231,8 @@ def rank(
     rows: list[RankRow] = []
     for name in names:
         for pretrained in (True, False) if scratch else (True,):
-            torch.manual_seed(seed)  # the random-init control is the same network on every run
-            t0 = time.perf_counter()
-            bb = create_backbone(name, pretrained=pretrained, image_size=image_size)
-            if bb.modality != full.modality:
-                raise DataError(f"Backbone {name!r} takes {bb.modality} inputs but the data holds {full.modality}s.",
-                                "rank image backbones on images and text backbones on texts.")
-            points = _layers_for(bb, layers)
-            feats = extract_layer_features(bb, sub, points, batch_size=batch_size, device=device, cache=cache, progress=progress)
-            shared = (time.perf_counter() - t0) / len(points)
-            for layer in points:
-                t1 = time.perf_counter()
-                probs = _source_probs(bb.source_head, feats[layer]) if (layer == OUTPUT and bb.source_head) else None
-                values = compute_scores(feats[layer], sub.targets, source_probs=probs, names=scores, seed=seed)
-                rows.append(RankRow(name, layer, pretrained, int(feats[layer].shape[1]), values,
-                                    shared + time.perf_counter() - t1))
+            rows += score_backbone(name, sub, layers, pretrained=pretrained, scores=scores, seed=seed, image_size=image_size,
+                                   batch_size=batch_size, device=device, cache=cache, progress=progress)
     over = aggregate(rows, scores)
     rows.sort(key=lambda r: (r.mean_rank if r.mean_rank is not None else np.inf, -r.scores.get("linear_cv", 0.0)))
     return RankReport(
