@@ -39,6 +39,8 @@ _HELP = {
     "unfreeze": "none | gradual (head first, then one more group per --unfreeze-every epochs)",
     "lr": "head learning rate; the top backbone group gets lr * backbone-lr-ratio",
     "patience": "early stopping: epochs without improvement of the selection score",
+    "mt_weighting": "multitask: uncertainty (learned task weights, Kendall et al. 2018) | fixed (--mt-weights)",
+    "mt_weights": "multitask, fixed weighting: NAME=W,... (default 1 per task)",
     "method": "adaptation method(s): source-only | adabn | dann | coral | self-training, combined with '+' ('transferkit adapt-methods')",
     "select": "model selection without target labels: snd (target soft-neighbourhood density) | source-val | last",
     "adapt_weight": "weight of the DANN / CORAL loss",
@@ -87,8 +89,9 @@ def _config_options(func=None, *, extra: type | None = None, extra_arg: str = "a
     return wrapper
 
 
-def _loader(label_column, text_column, path_column, task) -> dict[str, Any]:
-    return {"label_column": label_column, "text_column": text_column, "path_column": path_column, "task": task}
+def _loader(label_column, text_column, path_column, task, tasks: str | None = None) -> dict[str, Any]:
+    kw = {"label_column": label_column, "text_column": text_column, "path_column": path_column, "task": task}
+    return {**kw, "tasks": tasks} if tasks else kw
 
 
 LabelColumn = typer.Option(None, help="label column of a CSV/TSV/JSONL manifest (default: label)")
@@ -100,10 +103,12 @@ Task = typer.Option("classification", help="classification | multilabel | regres
 def _metrics_table(title: str, metrics: dict[str, dict[str, Any]]) -> Table:
     table = Table(title=title)
     table.add_column("split")
-    keys = [k for k in ("accuracy", "macro_f1", "micro_f1", "mse", "mae", "r2", "n") if any(k in m for m in metrics.values())]
+    # a multi-task model: one row per split and task
+    rows = [(f"{s} {t}", tm) for s, sm in metrics.items() for t, tm in sm.get("tasks", {}).items()] or list(metrics.items())
+    keys = [k for k in ("accuracy", "macro_f1", "micro_f1", "mse", "mae", "r2", "n") if any(k in m for _, m in rows)]
     for k in keys:
         table.add_column(k, justify="right")
-    for split, m in metrics.items():
+    for split, m in rows:
         table.add_row(split, *[f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys])
     return table
 
@@ -119,6 +124,7 @@ def fit(
     text_column: Optional[str] = TextColumn,
     path_column: Optional[str] = PathColumn,
     task: str = Task,
+    tasks: Optional[str] = typer.Option(None, help="multi-task: label columns, e.g. category,subcategory or name:regression (with --strategy multitask)"),
     progress: bool = typer.Option(True, help="show a progress bar"),
     resume: Optional[Path] = typer.Option(None, help="continue an interrupted run from RUN_DIR's newest checkpoint "
                                           "(its own options; those given here override them)"),
@@ -131,7 +137,7 @@ def fit(
     75 stopped by SIGTERM/SIGINT after writing a checkpoint (continue with --resume RUN_DIR)."""
     from .api import fit as api_fit
 
-    loader = _loader(label_column, text_column, path_column, task)
+    loader = _loader(label_column, text_column, path_column, task, tasks)
     if resume is not None:
         out_dir = resume
         res = api_fit(data, val_data=val_data, test_data=test_data, resume=resume, progress=progress, loader=loader, **explicit)
@@ -180,6 +186,8 @@ def _print_predictions(results: list[dict[str, Any]], kind: str, top_k: int, as_
     table.add_column("input", overflow="fold")
     table.add_column("prediction")
     table.add_column("probabilities")
+    # a multi-task model: one row per input and task
+    results = [{**tr, "input": f"{r['input']} [{t}]"} for r in results for t, tr in r["tasks"].items()] if results and "tasks" in results[0] else results
     for r in results:
         if "value" in r:  # regression
             pred = f"{r['value']:.4g}"

@@ -17,6 +17,7 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda", "mps"),
     "on_bad_sample": ("error", "skip"),
     "on_nan": ("stop", "skip"),
+    "mt_weighting": ("uncertainty", "fixed"),
 }
 
 
@@ -60,6 +61,8 @@ class FitConfig:
     checkpoint_every: str | None = None  # "N" or "Nepochs" / "Nsteps": write a resumable checkpoint
     keep_checkpoints: int = 2  # newest complete checkpoints kept
     on_nan: str = "stop"  # non-finite loss/gradients: "stop" (report step) or "skip" the step
+    mt_weighting: str = "uncertainty"  # multitask: learned uncertainty weights (Kendall et al. 2018) or "fixed"
+    mt_weights: str | None = None  # multitask, fixed weighting: "category=1,subcategory=0.5" (default 1 each)
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():

@@ -227,7 +227,7 @@ def train(
     steps_per_epoch = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))
     total = steps_per_epoch * cfg.epochs
     sched = _scheduler(opt, cfg, total)
-    loss_fn = _loss_fn(model.task, cfg.label_smoothing)
+    loss_fn = model.head.loss if model.task == "multitask" else _loss_fn(model.task, cfg.label_smoothing)
     metric_name, higher = primary_metric(model.task)
     gen = torch.Generator().manual_seed(cfg.seed)
     y_train = train_data.targets
@@ -374,10 +374,12 @@ def train(
                 score = None
                 if val_data is not None:
                     out = model.predict_outputs(None, prepared=x_val, batch_size=cfg.eval_batch_size, device=device)
-                    m = task_metrics(model.task, val_data.targets, out, model.label_names)
+                    m = task_metrics(model.task, val_data.targets, out, model.label_names, model.head_spec.get("tasks"))
                     record[f"val_{metric_name}"] = m[metric_name]
                     if "macro_f1" in m:
                         record["val_macro_f1"] = m["macro_f1"]
+                    if "tasks" in m:  # multi-task: every task's own score, every epoch
+                        record["val_tasks"] = {t: tm.get("accuracy", tm.get("r2")) for t, tm in m["tasks"].items()}
                     score = m[metric_name] if higher else -m[metric_name]
                 if adaptation is not None:
                     logs = adaptation.end_epoch(model, epoch)

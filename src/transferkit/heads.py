@@ -81,6 +81,10 @@ def make_head(spec: dict[str, Any]) -> nn.Module:
     """``spec``: {"kind": "linear"|"mlp"|"prototype", "in": D, "out": C, "dropout": p, "hidden": H}
     (prototype: also "dim", "metric", "project")."""
     d_in, d_out, p = int(spec["in"]), int(spec["out"]), float(spec.get("dropout", 0.0))
+    if spec["kind"] == "multitask":
+        from .multitask import MultiTaskHead
+
+        return MultiTaskHead(spec)
     if spec["kind"] == "prototype":
         return PrototypeHead(d_in, d_out, spec.get("dim"), spec.get("metric", "cosine"), bool(spec.get("project", False)))
     if spec["kind"] == "mlp":

@@ -47,8 +47,13 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]
     }
 
 
-def task_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray, label_names: list[str]) -> dict[str, Any]:
-    """``outputs`` are logits (classification, multilabel) or values (regression)."""
+def task_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray, label_names: list[str], tasks: list[dict] | None = None) -> dict[str, Any]:
+    """``outputs`` are logits (classification, multilabel) or values (regression); ``tasks``: the
+    task list of a multi-task model."""
+    if task == "multitask":
+        from .multitask import multitask_metrics
+
+        return multitask_metrics(tasks or [], y_true, outputs)
     if task == "classification":
         return classification_metrics(y_true, outputs.argmax(1), label_names)
     if task == "multilabel":
@@ -58,4 +63,6 @@ def task_metrics(task: str, y_true: np.ndarray, outputs: np.ndarray, label_names
 
 def primary_metric(task: str) -> tuple[str, bool]:
     """The metric used for early stopping and comparison, and whether higher is better."""
+    if task == "multitask":
+        return ("mean_score", True)
     return ("mse", False) if task == "regression" else ("accuracy", True)

@@ -96,7 +96,11 @@ class TransferModel(nn.Module):
         out = self.predict_outputs(inputs, batch_size=batch_size, device=device)
         results = []
         for x, row in zip(inputs, out):
-            if self.task == "classification":
+            if self.task == "multitask":
+                from .multitask import format_predictions
+
+                results.append({"input": x, "tasks": format_predictions(self.head_spec["tasks"], row)})
+            elif self.task == "classification":
                 p = torch.softmax(torch.from_numpy(row), 0).numpy()
                 order = np.argsort(-p)[: top_k or len(p)]
                 results.append({
@@ -120,7 +124,7 @@ class TransferModel(nn.Module):
         from .metrics import task_metrics
 
         out = self.predict_outputs(data.inputs, batch_size=batch_size, device=device)
-        return task_metrics(self.task, data.targets, out, self.label_names)
+        return task_metrics(self.task, data.targets, out, self.label_names, self.head_spec.get("tasks"))
 
     def add_support(self, data, device: str = "auto", progress: bool = False) -> "TransferModel":
         """Add labelled examples to a prototype model (few-shot or zero-shot): examples of known

@@ -33,6 +33,9 @@ class TaskData:
     source: str = ""
     # None: not screened for unusable samples yet; a list: screened, and these inputs were left out
     skipped: list[str] | None = field(default=None, compare=False)
+    # multi-task data (task "multitask"): one dict per label column (name, task, label_names);
+    # ``targets`` is then float32 [N, columns] with NaN where a row has no label for a task
+    tasks: list[dict] | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -45,7 +48,8 @@ class TaskData:
         """The examples at ``idx``; a part of screened data is screened (nothing more was left out of it)."""
         idx = np.asarray(idx, dtype=np.int64)
         skipped = [] if self.skipped is not None else None
-        return TaskData([self.inputs[i] for i in idx], self.targets[idx], list(self.label_names), self.modality, self.task, self.source, skipped)
+        return TaskData([self.inputs[i] for i in idx], self.targets[idx], list(self.label_names), self.modality, self.task, self.source,
+                        skipped, self.tasks)
 
     def content_digest(self) -> str:
         """Hash of the inputs' content (file bytes for images, the text itself) in order.
@@ -124,6 +128,7 @@ def load_data(
     label_names: list[str] | None = None,
     min_classes: int = 2,
     keep_bad_samples: bool = False,
+    tasks: str | dict[str, str] | None = None,
 ) -> TaskData:
     """Load labelled data.
 
@@ -134,6 +139,10 @@ def load_data(
     ``keep_bad_samples``: keep missing image paths, empty texts and non-image files in class folders
     as inputs instead of raising, for ``transferkit.data.validate`` to report or leave them out.
     """
+    if tasks:  # several label columns: multi-task data (see transferkit.multitask)
+        from ..multitask import load_multitask
+
+        return load_multitask(path, tasks, text_column=text_column, path_column=path_column)
     if task not in TASKS:
         raise ConfigError(f"Unknown task {task!r}.", f"use --task one of {', '.join(TASKS)}.")
     path = Path(path)
