@@ -129,11 +129,12 @@ def _create(name: str, *, pretrained: bool, weights, image_size, pooling: str, m
 def backbone_from_recipe(recipe: dict[str, Any], folder: Path) -> Backbone:
     """Rebuild a saved backbone's architecture (random weights; the caller loads the saved ones)."""
     from .clip import ClipBackbone
+    from .concat import ConcatBackbone
     from .hf_text import HFTextBackbone
     from .layers import CutBackbone
     from .timm_backbone import TimmBackbone
 
-    cls = {"timm": TimmBackbone, "hf": HFTextBackbone, "clip": ClipBackbone, "cut": CutBackbone}.get(recipe.get("type"))
+    cls = {"timm": TimmBackbone, "hf": HFTextBackbone, "clip": ClipBackbone, "cut": CutBackbone, "concat": ConcatBackbone}.get(recipe.get("type"))
     if cls is None:
         raise ConfigError(f"Unknown backbone type {recipe.get('type')!r} in saved config.", "re-save the model with this version.")
     return cls.from_recipe(recipe, folder)
