@@ -34,6 +34,10 @@ _HELP = {
     "backbone_weights": "local .safetensors weights for a timm/<arch> backbone (offline)",
     "layer": "cut the backbone after this layer and train on its pooled features ('transferkit rank --layers' names them)",
     "image_size": "input size in pixels (default: the weights' own)",
+    "backbones": "stack: comma-separated backbones to combine, a cut layer as NAME@LAYER (e.g. minilm,minilm@encoder.layer.3)",
+    "stack": "stack: concat (one head on the members' normalised features side by side) | oof (per-member probes + "
+             "a meta-learner on their out-of-fold probabilities)",
+    "stack_folds": "stack: cross-validation folds for out-of-fold predictions and for choosing C without a validation set",
     "head": "linear-probe head: logistic | linear | mlp; finetune head: linear | mlp",
     "freeze": "keep the first N layer groups frozen (layer-wise fine-tuning)",
     "unfreeze": "none | gradual (head first, then one more group per --unfreeze-every epochs)",

@@ -17,6 +17,7 @@ _CHOICES = {
     "device": ("auto", "cpu", "cuda", "mps"),
     "on_bad_sample": ("error", "skip"),
     "on_nan": ("stop", "skip"),
+    "stack": ("concat", "oof"),
     "mt_weighting": ("uncertainty", "fixed"),
 }
 
@@ -29,6 +30,9 @@ class FitConfig:
     strategy: str = "finetune"
     backbone_weights: str | None = None
     layer: str | None = None  # cut the backbone after this feature point ('transferkit rank --layers' names them)
+    backbones: str | None = None  # stack: comma-separated members, a cut layer as name@layer (minilm,minilm@encoder.layer.3)
+    stack: str = "concat"  # stack: "concat" (one head on the side-by-side features) | "oof" (out-of-fold meta-learner)
+    stack_folds: int = 5  # stack: cross-validation folds (oof predictions; C chosen without a validation set)
     image_size: int | None = None  # None: the weights' own input size
     pooling: str = "mean"  # text backbones
     max_length: int | None = None  # text backbones
@@ -82,6 +86,10 @@ class FitConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1).", "pass a fraction.")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError(f"--max-bad-fraction must be in [0, 1] (got {self.max_bad_fraction}).", "pass a fraction.")
+        if self.backbones is not None and len([b for b in str(self.backbones).split(",") if b.strip()]) < 2:
+            raise ConfigError(f"--backbones {self.backbones!r} names fewer than two backbones.", "pass two or more, comma-separated.")
+        if self.stack_folds < 2:
+            raise ConfigError(f"--stack-folds must be at least 2 (got {self.stack_folds}).", "pass 2 or more (default 5).")
         if self.keep_checkpoints < 1:
             raise ConfigError("--keep-checkpoints must be at least 1.", "pass 1 or more.")
         if self.checkpoint_every is not None:

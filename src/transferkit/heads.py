@@ -87,6 +87,10 @@ def make_head(spec: dict[str, Any]) -> nn.Module:
         return MultiTaskHead(spec)
     if spec["kind"] == "prototype":
         return PrototypeHead(d_in, d_out, spec.get("dim"), spec.get("metric", "cosine"), bool(spec.get("project", False)))
+    if spec["kind"] == "stack":  # per-member probes + meta-learner (strategies/stack.py)
+        from .strategies.stack import StackHead
+
+        return StackHead([int(d) for d in spec["dims"]], d_out)
     if spec["kind"] == "mlp":
         hidden = int(spec.get("hidden", 512))
         return nn.Sequential(nn.Dropout(p), nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(p), nn.Linear(hidden, d_out))
