@@ -45,6 +45,11 @@ _HELP = {
     "patience": "early stopping: epochs without improvement of the selection score",
     "mt_weighting": "multitask: uncertainty (learned task weights, Kendall et al. 2018) | fixed (--mt-weights)",
     "mt_weights": "multitask, fixed weighting: NAME=W,... (default 1 per task)",
+    "lora_r": "lora: rank of the adapters",
+    "lora_alpha": "lora: scaling; adapter updates are multiplied by alpha / r",
+    "lora_dropout": "lora: dropout on the adapters' input",
+    "lora_targets": "lora: regular expression over layer names to adapt (default: attention query/value for text "
+                    "models, pointwise 1x1 convolutions and linear layers for timm)",
     "method": "adaptation method(s): source-only | adabn | dann | coral | self-training, combined with '+' ('transferkit adapt-methods')",
     "select": "model selection without target labels: snd (target soft-neighbourhood density) | source-val | last",
     "adapt_weight": "weight of the DANN / CORAL loss",

@@ -67,6 +67,10 @@ class FitConfig:
     on_nan: str = "stop"  # non-finite loss/gradients: "stop" (report step) or "skip" the step
     mt_weighting: str = "uncertainty"  # multitask: learned uncertainty weights (Kendall et al. 2018) or "fixed"
     mt_weights: str | None = None  # multitask, fixed weighting: "category=1,subcategory=0.5" (default 1 each)
+    lora_r: int = 8  # lora: adapter rank
+    lora_alpha: float = 16.0  # lora: scaling numerator (updates are scaled by alpha / r)
+    lora_dropout: float = 0.0  # lora: dropout on the adapter input
+    lora_targets: str | None = None  # lora: regex over layer names; default q/v projections (text), 1x1 convs + linear (timm)
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
@@ -96,6 +100,20 @@ class FitConfig:
             self.checkpoint_interval()  # validates the spelling
         if not 0 < self.layer_decay <= 1 or not 0 < self.backbone_lr_ratio <= 10:
             raise ConfigError("--layer-decay must be in (0, 1] and --backbone-lr-ratio in (0, 10].", "pass values in range.")
+        if isinstance(self.lora_r, bool) or int(self.lora_r) != self.lora_r or self.lora_r < 1:
+            raise ConfigError(f"--lora-r must be a positive integer (got {self.lora_r}).", "pass a rank such as 8.")
+        if not self.lora_alpha > 0:
+            raise ConfigError(f"--lora-alpha must be positive (got {self.lora_alpha}).", "pass e.g. 16 (twice the rank).")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"--lora-dropout must be in [0, 1) (got {self.lora_dropout}).", "pass a fraction such as 0.1.")
+        if self.lora_targets is not None:
+            import re
+
+            try:
+                re.compile(self.lora_targets)
+            except re.error as e:
+                raise ConfigError(f"Invalid --lora-targets {self.lora_targets!r}: not a regular expression ({e}).",
+                                  "pass e.g. 'query|value' or 'conv_pw'.") from None
 
     def checkpoint_interval(self) -> tuple[int, str] | None:
         """``checkpoint_every`` parsed as (N, "epoch" | "step"); a bare number means epochs."""
