@@ -179,7 +179,13 @@ class TransferModel(nn.Module):
         folder = Path(folder)
         self.cpu()
         with atomic_dir(folder) as tmp:
-            save_model(self, str(tmp / "model.safetensors"))
+            skip = _recipe_state_keys(self)
+            if skip:  # weights the backbone rebuilds from its recipe (a LoRA base) are not stored
+                from safetensors.torch import save_file
+
+                save_file({k: v.contiguous() for k, v in self.state_dict().items() if k not in skip}, str(tmp / "model.safetensors"))
+            else:
+                save_model(self, str(tmp / "model.safetensors"))
             self.backbone.save_assets(tmp)
             cfg = {**self.config_dict(), "checksums": {"model.safetensors": file_digest(tmp / "model.safetensors")}}
             (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=_json_default) + "\n")
@@ -220,11 +226,21 @@ class TransferModel(nn.Module):
             strategy=cfg["strategy"],
             info=cfg.get("info", {}),
         )
+        skip = _recipe_state_keys(model)
         try:
-            missing, unexpected = load_model(model, str(weights), strict=True)
+            missing, unexpected = load_model(model, str(weights), strict=not skip)
+            if set(missing) - skip or unexpected:
+                raise ValueError(f"missing {sorted(set(missing) - skip)[:3]}, unexpected {sorted(unexpected)[:3]}")
         except Exception as e:
             raise ModelLoadError(f"Weights in {weights} do not match its config.json ({e}).", "re-save the model.") from None
         return model.eval()
+
+
+def _recipe_state_keys(model: TransferModel) -> set[str]:
+    """State-dict keys the backbone rebuilds from its recipe (``Backbone.recipe_state_keys``, e.g. a
+    LoRA backbone's pretrained base), left out of model.safetensors; none for other backbones."""
+    keys = getattr(model.backbone, "recipe_state_keys", None)
+    return {f"backbone.{k}" for k in keys()} if keys is not None else set()
 
 
 def _json_default(o: Any) -> Any:

@@ -132,9 +132,11 @@ def backbone_from_recipe(recipe: dict[str, Any], folder: Path) -> Backbone:
     from .concat import ConcatBackbone
     from .hf_text import HFTextBackbone
     from .layers import CutBackbone
+    from .lora import LoraBackbone
     from .timm_backbone import TimmBackbone
 
-    cls = {"timm": TimmBackbone, "hf": HFTextBackbone, "clip": ClipBackbone, "cut": CutBackbone, "concat": ConcatBackbone}.get(recipe.get("type"))
+    cls = {"timm": TimmBackbone, "hf": HFTextBackbone, "clip": ClipBackbone, "cut": CutBackbone, "concat": ConcatBackbone,
+           "lora": LoraBackbone}.get(recipe.get("type"))
     if cls is None:
         raise ConfigError(f"Unknown backbone type {recipe.get('type')!r} in saved config.", "re-save the model with this version.")
     return cls.from_recipe(recipe, folder)
