@@ -1,6 +1,6 @@
 """Transfer strategies, one module each, registered by name."""
 
-from . import finetune, linear_probe, multitask, scratch  # noqa: F401  (registration side effects)
+from . import finetune, linear_probe, lora, multitask, scratch, stack  # noqa: F401  (registration side effects)
 from .base import STRATEGIES, Strategy, register_strategy
 
 
