@@ -232,6 +232,8 @@ def test_merged_model_matches_and_is_a_plain_model(which, request, images, texts
     assert not isinstance(merged.backbone, LoraBackbone) and merged.backbone.recipe()["type"] == ("timm" if which == "image" else "hf")
     assert not any("lora_" in k or "base_layer" in k for k in merged.state_dict())
     assert all(p.requires_grad for p in merged.parameters())
+    n = sum(p.numel() for p in merged.parameters())
+    assert merged.info["trainable_parameters"] == merged.info["total_parameters"] == n and merged.info["lora"]["merged"]
     after = merged.predict_outputs(inputs, device="cpu")
     pretrained, merged_state = model.backbone.state_dict(), merged.backbone.state_dict()
     for t in model.backbone.target_modules:  # every adapted layer's weight moved by its adapter

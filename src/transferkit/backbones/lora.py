@@ -267,6 +267,8 @@ def merge(model):
     base.requires_grad_(True)
     info = copy.deepcopy(model.info)
     info["lora"] = {**info.get("lora", {}), "merged": True}
+    n = sum(p.numel() for p in base.parameters()) + sum(p.numel() for p in twin.head.parameters())
+    info.update({"trainable_parameters": n, "total_parameters": n})  # a plain model: every weight trains again
     out = TransferModel(base, twin.head, head_spec=twin.head_spec, task=twin.task, label_names=twin.label_names,
                         strategy=twin.strategy, info=info)
     return out.train(model.training)

@@ -68,7 +68,7 @@ class LoRA:
         if cfg.head_init == "probe" and not resume:  # adapters start at zero update: the probe sees the base's features
             fit_probe_head(model, train_data, val, cfg, "linear", progress)
         model.info["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
-                              "target_modules": len(model.backbone.target_modules)}
+                              "adapted_layers": len(model.backbone.target_modules)}
         model.info.update(parameter_info(model))
         model.info["history"] = train(model, train_data, val, cfg, run_dir=run_dir, progress=progress, resume=resume)
         return model
