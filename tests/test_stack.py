@@ -322,3 +322,16 @@ def test_cli_rejects_a_single_backbone_and_an_unknown_mode(tmp_path):
             rc = main(["fit", str(tmp_path), "--strategy", "stack", *extra])
         lines = [ln for ln in e.getvalue().splitlines() if ln.strip()]
         assert rc == 2 and len(lines) == 1 and needle in lines[0], e.getvalue()
+
+
+def test_fit_api_runs_the_stack_strategy_end_to_end(tiny_bert_dir, tmp_path):
+    import transferkit as tk
+
+    path = tmp_path / "data"
+    path.mkdir()
+    data = _text_data(path)
+    res = tk.fit(path / "reviews.csv", strategy="stack", backbones=f"{tiny_bert_dir},{tiny_bert_dir}@encoder.layer.0", stack="oof",
+                 stack_folds=3, device="cpu", out=tmp_path / "run", progress=False)
+    assert set(res.metrics) == {"val", "test"} and res.model.info["stack"]["members"][1].endswith("@encoder.layer.0")
+    loaded = tk.load(tmp_path / "run" / "model")
+    np.testing.assert_array_equal(loaded.predict_outputs(data.inputs, device="cpu"), res.model.predict_outputs(data.inputs, device="cpu"))
