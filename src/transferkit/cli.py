@@ -154,7 +154,7 @@ def fit(
     else:
         res = api_fit(data, val_data=val_data, test_data=test_data, out=out_dir, config=cfg, progress=progress, loader=loader)
     _warn_skipped(res.model.info.get("skipped_samples"), data, out_dir / "report.json")
-    out.print(_metrics_table(f"{cfg.strategy} on {cfg.backbone} ({res.seconds:.1f} s)", res.metrics))
+    out.print(_metrics_table(f"{cfg.strategy} on {cfg.backbones or cfg.backbone} ({res.seconds:.1f} s)", res.metrics))
     out.print(f"Model saved to {out_dir / 'model'}. Predict with: transferkit predict {out_dir / 'model'} INPUTS...")
 
 
