@@ -30,6 +30,13 @@ def _fold_standardisation(coef: np.ndarray, intercept: np.ndarray, mean: np.ndar
     return w, intercept - (coef * (mean / scale)).sum(1)
 
 
+def set_linear(linear: nn.Linear, w: np.ndarray, b: np.ndarray) -> None:
+    """Copy fitted (numpy) weights and bias into ``linear``."""
+    with torch.no_grad():
+        linear.weight.copy_(torch.from_numpy(np.asarray(w, dtype=np.float64)).float())
+        linear.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float64)).float())
+
+
 def _sklearn_head(task: str, c: float, seed: int):
     from sklearn.linear_model import LogisticRegression, Ridge
     from sklearn.multiclass import OneVsRestClassifier
@@ -127,10 +134,7 @@ class LinearProbe:
                 best = (score, c, coef, intercept)
         _, c, coef, intercept = best
         w, b = _fold_standardisation(coef, intercept, scaler.mean_, np.where(scaler.scale_ > 0, scaler.scale_, 1.0))
-        linear: nn.Linear = model.head[-1]
-        with torch.no_grad():
-            linear.weight.copy_(torch.from_numpy(w).float())
-            linear.bias.copy_(torch.from_numpy(b).float())
+        set_linear(model.head[-1], w, b)
         model.info["head_fit"] = {"kind": "logistic" if data.task != "regression" else "ridge", "C": c}
 
     @staticmethod

@@ -41,7 +41,7 @@ from ..heads import head_spec, make_head
 from ..metrics import primary_metric, task_metrics
 from ..model import TransferModel
 from .base import register_strategy
-from .linear_probe import C_GRID, _coef, _sklearn_head
+from .linear_probe import C_GRID, _coef, _fold_standardisation, _sklearn_head, set_linear
 
 META_C_GRID = (0.1, 1.0, 10.0, 100.0)
 
@@ -163,12 +163,6 @@ def _accuracy_then_loss(p: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     return acc, -float(np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1))))
 
 
-def _set_linear(linear: nn.Linear, w: np.ndarray, b: np.ndarray) -> None:
-    with torch.no_grad():
-        linear.weight.copy_(torch.from_numpy(np.asarray(w, dtype=np.float64)).float())
-        linear.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float64)).float())
-
-
 def _fold_base(est, bb: ConcatBackbone, i: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """A fitted base pipeline (scaler + logistic regression on raw member features) -> weights on
     member ``i``'s slice of the concat backbone's (normalised) output."""
@@ -179,9 +173,9 @@ def _fold_base(est, bb: ConcatBackbone, i: int, n_classes: int) -> tuple[np.ndar
         mu, sd, w = (t[sl].double().numpy() for t in (bb.feat_mean, bb.feat_std, bb.block_weight))
     else:
         mu, sd, w = np.zeros(bb.dims[i]), np.ones(bb.dims[i]), np.ones(bb.dims[i])
-    s_sc = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-    # raw = out * sd / w + mu;  (raw - m_sc) / s_sc = out * sd / (w s_sc) + (mu - m_sc) / s_sc
-    return coef * (sd / (w * s_sc))[None, :], intercept + coef @ ((mu - scaler.mean_) / s_sc)
+    # the scaler folded into weights on raw member features, then raw = out * sd / w + mu
+    w_raw, b_raw = _fold_standardisation(coef, intercept, scaler.mean_, np.where(scaler.scale_ > 0, scaler.scale_, 1.0))
+    return w_raw * (sd / w)[None, :], b_raw + w_raw @ mu
 
 
 # ---------------------------------------------------------------------------- the strategy
@@ -259,7 +253,7 @@ def fit_concat(model: TransferModel, f_train, train: TaskData, f_val, val: TaskD
         where = "cv"
     best = int(np.argmax(scores) if higher else np.argmin(scores))
     coef, b = fit(grid[best], slice(None))
-    _set_linear(model.head[-1], coef, b)
+    set_linear(model.head[-1], coef, b)
     return {"C": grid[best], "C_grid": grid, "selected_on": where, f"{where}_{metric}": [round(float(s), 4) for s in scores]}
 
 
@@ -296,7 +290,7 @@ def fit_oof(model: TransferModel, f_train, train: TaskData, f_val, val: TaskData
     meta_c = META_C_GRID[max(range(len(scores)), key=lambda k: scores[k])]
     meta = meta_estimator(meta_c, seed).fit(meta_x, y)
     for i, est in enumerate(finals):
-        _set_linear(head.base[i], *_fold_base(est, bb, i, n))
-    _set_linear(head.meta, *_coef(meta, "classification", n))
+        set_linear(head.base[i], *_fold_base(est, bb, i, n))
+    set_linear(head.meta, *_coef(meta, "classification", n))
     return {"member_C": chosen, "member_oof_accuracy": member_acc, "meta_C": meta_c, "meta_selected_on": where,
             f"meta_{where}_accuracy": [round(s[0], 4) for s in scores]}
