@@ -378,8 +378,8 @@ def train(
                     record[f"val_{metric_name}"] = m[metric_name]
                     if "macro_f1" in m:
                         record["val_macro_f1"] = m["macro_f1"]
-                    if "tasks" in m:  # multi-task: every task's own score, every epoch
-                        record["val_tasks"] = {t: tm.get("accuracy", tm.get("r2")) for t, tm in m["tasks"].items()}
+                    if "task_scores" in m:  # multi-task: every task's own score, every epoch
+                        record["val_tasks"] = m["task_scores"]
                     score = m[metric_name] if higher else -m[metric_name]
                 if adaptation is not None:
                     logs = adaptation.end_epoch(model, epoch)

@@ -162,11 +162,12 @@ class MultiTaskHead(nn.Module):
 
 
 def multitask_metrics(tasks: list[dict[str, Any]], y_true: np.ndarray, outputs: np.ndarray) -> dict[str, Any]:
-    """Each task's metrics on its labelled rows, and ``mean_score``: the mean over tasks of accuracy
-    (classification, multilabel exact match) or R^2 (regression), the early-stopping score."""
+    """Each task's metrics on its labelled rows (``tasks``), its score (``task_scores``: accuracy for
+    classification, exact match for multilabel, R^2 for regression) and ``mean_score``, their mean:
+    the early-stopping score."""
     from .metrics import task_metrics
 
-    per, scores = {}, []
+    per, scores = {}, {}
     for spec, (so, st) in zip(tasks, slices(tasks)):
         y = np.asarray(y_true, dtype=np.float64)[:, st]
         have = ~np.isnan(y).any(axis=1)
@@ -175,8 +176,9 @@ def multitask_metrics(tasks: list[dict[str, Any]], y_true: np.ndarray, outputs: 
         target = y[have, 0].astype(np.int64) if spec["task"] == "classification" else (y[have] if spec["task"] == "multilabel" else y[have, 0])
         m = task_metrics(spec["task"], target, outputs[have][:, so], spec["label_names"])
         per[spec["name"]] = m
-        scores.append(m["r2"] if spec["task"] == "regression" else m["accuracy"])
-    return {"mean_score": float(np.mean(scores)) if scores else float("nan"), "tasks": per, "n": int(len(y_true))}
+        scores[spec["name"]] = m["r2"] if spec["task"] == "regression" else m["accuracy"]
+    return {"mean_score": float(np.mean(list(scores.values()))) if scores else float("nan"), "task_scores": scores,
+            "tasks": per, "n": int(len(y_true))}
 
 
 def format_predictions(tasks: list[dict[str, Any]], row: np.ndarray) -> dict[str, Any]:

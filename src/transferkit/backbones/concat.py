@@ -27,8 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .base import Backbone, ImagePreprocess
-
-OUTPUT = "output"
+from .layers import OUTPUT
 
 
 def _tokenizer(backbone: Backbone):

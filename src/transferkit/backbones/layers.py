@@ -53,13 +53,8 @@ def points_from_groups(backbone: Backbone, groups: list[list[str]]) -> list[tupl
     return points
 
 
-def feature_points(backbone: Backbone) -> list[tuple[str, nn.Module | None]]:
-    """``(name, module)`` pairs input -> output; the last is ``("output", None)``."""
-    return backbone.feature_points()
-
-
 def point_names(backbone: Backbone) -> list[str]:
-    return [n for n, _ in feature_points(backbone)]
+    return [n for n, _ in backbone.feature_points()]
 
 
 def check_points(backbone: Backbone, names: list[str]) -> list[str]:
@@ -72,7 +67,7 @@ def check_points(backbone: Backbone, names: list[str]) -> list[str]:
 
 def pooled_layers(backbone: Backbone, batch: Any, names: list[str]) -> dict[str, torch.Tensor]:
     """Pooled features ``[B, D_layer]`` at each named point, from one (early-stopped) forward pass."""
-    points = dict(feature_points(backbone))
+    points = dict(backbone.feature_points())
     hooked = [n for n in names if n != OUTPUT]
     out: dict[str, torch.Tensor] = {}
     token = object()  # this call's own stop signal (a CutBackbone runs this inside another call)
