@@ -244,9 +244,9 @@ def test_damaged_model_file_gives_a_clean_error(images, tiny_timm_weights, tmp_p
 
 
 def test_out_of_memory_finder_keeps_the_effective_batch(images, tiny_timm_weights, tmp_path, monkeypatch):
-    from transferkit.model import TransferModel
+    from transferkit.backbones.timm_backbone import TimmBackbone
 
-    real_forward = TransferModel.forward
+    real_forward = TimmBackbone.forward
     seen = []
 
     def forward(self, batch):
@@ -256,7 +256,7 @@ def test_out_of_memory_finder_keeps_the_effective_batch(images, tiny_timm_weight
                 raise torch.OutOfMemoryError("fake OOM")
         return real_forward(self, batch)
 
-    monkeypatch.setattr(TransferModel, "forward", forward)
+    monkeypatch.setattr(TimmBackbone, "forward", forward)
     run = tmp_path / "run"
     with pytest.warns(UserWarning, match="micro-batches of 4"):
         res = tk.fit(str(images), out=run, progress=False, backbone="timm/test_efficientnet", backbone_weights=str(tiny_timm_weights),

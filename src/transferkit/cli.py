@@ -34,6 +34,7 @@ _HELP = {
     "backbone_weights": "local .safetensors weights for a timm/<arch> backbone (offline)",
     "layer": "cut the backbone after this layer and train on its pooled features ('transferkit rank --layers' names them)",
     "image_size": "input size in pixels (default: the weights' own)",
+    "compile": "torch.compile the backbone for training (pays off on long GPU runs; the first steps compile)",
     "backbones": "stack: comma-separated backbones to combine, a cut layer as NAME@LAYER (e.g. minilm,minilm@encoder.layer.3)",
     "stack": "stack: concat (one head on the members' normalised features side by side) | oof (per-member probes + "
              "a meta-learner on their out-of-fold probabilities)",

@@ -57,6 +57,7 @@ class FitConfig:
     seed: int = 0  # training randomness (init of the head, data order, augmentation)
     split_seed: int = 0  # the train/val/test split, fixed across training seeds
     device: str = "auto"
+    compile: bool = False  # torch.compile the model for training (worth it for long GPU runs; the first steps compile)
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     eval_batch_size: int = 128

@@ -26,7 +26,7 @@ from .config import FitConfig
 from .data.dataset import TaskData
 from .errors import TransferkitError
 from .freezing import frozen_at_epoch, set_frozen_groups
-from .inputs import Augmenter, autocast, make_batch, prepare, resolve_device
+from .inputs import Augmenter, autocast, length_grouped, make_batch, prepare, resolve_device, to_device
 from .metrics import primary_metric, task_metrics
 from .model import TransferModel
 
@@ -212,8 +212,11 @@ def train(
     if device.type == "cuda" and backbone.modality == "image":
         model.to(memory_format=torch.channels_last)
 
-    x_train = prepare(backbone, train_data.inputs)
-    x_val = prepare(backbone, val_data.inputs) if val_data is not None else None
+    # decoded once (cached on disk) and, on a GPU, kept in device memory when it fits
+    x_train = to_device(prepare(backbone, train_data.inputs, device=device), device)
+    x_val = to_device(prepare(backbone, val_data.inputs, device=device), device) if val_data is not None else None
+    lengths = [len(t) for t in train_data.inputs] if backbone.modality == "text" else None
+    run_backbone = torch.compile(backbone) if cfg.compile else backbone
     augmenter = Augmenter(backbone.preprocess, hflip=cfg.hflip) if (cfg.augment and backbone.modality == "image") else None
 
     groups = param_groups(model, cfg)
@@ -223,14 +226,15 @@ def train(
     opt = torch.optim.AdamW(groups, lr=cfg.lr, fused=device.type == "cuda")
     n = len(train_data)
     bs = min(cfg.batch_size, n)
-    # a trailing batch of one sample is dropped (BatchNorm cannot train on it)
-    steps_per_epoch = max(1, n // bs if n % bs == 1 else math.ceil(n / bs))
+    # a trailing batch of one sample is dropped (BatchNorm cannot train on it); with --compile every
+    # partial batch is (one batch shape: no recompilation)
+    steps_per_epoch = max(1, n // bs if (n % bs == 1 or cfg.compile) else math.ceil(n / bs))
     total = steps_per_epoch * cfg.epochs
     sched = _scheduler(opt, cfg, total)
     loss_fn = model.head.loss if model.task == "multitask" else _loss_fn(model.task, cfg.label_smoothing)
     metric_name, higher = primary_metric(model.task)
     gen = torch.Generator().manual_seed(cfg.seed)
-    y_train = train_data.targets
+    y_train = _targets(model.task, train_data.targets, device)  # on the device once, indexed per step
 
     history: list[dict[str, Any]] = []
     best_score, best_state, best_epoch, bad_epochs = None, None, -1, 0
@@ -280,19 +284,16 @@ def train(
                 for s in range(0, len(idx), micro):
                     part = idx[s : s + micro]
                     batch = make_batch(backbone, x_train, part, device, augmenter)
-                    target = _targets(model.task, y_train[part.numpy()], device)
+                    target = y_train[part.to(device, non_blocking=True)]
                     with autocast(device):
-                        if adaptation is None:
-                            out = model(batch)
-                        else:
-                            feats = backbone(batch)
-                            out = model.head(feats)
+                        feats = run_backbone(batch)
+                        out = model.head(feats)
                     loss = loss_fn(out.float(), target)
                     if adaptation is not None:
                         loss = loss + adaptation.loss(model, feats, out, progress=step / max(1, total))
                     loss = loss * (len(part) / len(idx))
-                    if not torch.isfinite(loss):
-                        return loss.detach()
+                    # no finiteness check here (it would wait for the GPU): a non-finite loss gives
+                    # non-finite gradients, which the step checks once
                     loss.backward()
                     total = total + loss.detach()
                 return total
@@ -324,6 +325,8 @@ def train(
                 gen_resume_state = None
             gen_epoch_state = gen.get_state()
             perm = torch.randperm(n, generator=gen)
+            if lengths is not None:  # texts: batches of similar length (less padding)
+                perm = length_grouped(perm, lengths, bs)
             first = start_batch if epoch == start_epoch else 0
             if epoch != start_epoch or not resume:
                 epoch_losses = []

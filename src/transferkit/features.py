@@ -16,7 +16,7 @@ from ._cache import cache_dir
 from ._io import atomic_path
 from .backbones.base import Backbone
 from .backbones.layers import OUTPUT, dummy_batch, pooled_layers
-from .inputs import autocast, make_batch, prepare, resolve_device
+from .inputs import autocast, make_batch, prepare, resolve_device, to_device
 
 
 def backbone_fingerprint(backbone: Backbone) -> str:
@@ -43,23 +43,26 @@ def compute_layer_features(
     from .engine import progress_bar
 
     dev = resolve_device(device) if isinstance(device, str) else device
-    prepared = prepare(backbone, inputs)
+    prepared = to_device(prepare(backbone, inputs, device=dev), dev)
     n = len(inputs)
     order = np.argsort([len(x) for x in inputs], kind="stable") if backbone.modality == "text" else np.arange(n)
     was_training = backbone.training
     backbone.eval().to(dev)
-    out: dict[str, torch.Tensor] = {}
+    channels_last = dev.type == "cuda" and backbone.modality == "image"
+    if channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    parts: dict[str, list[torch.Tensor]] = {}
     with progress_bar(progress) as bar:
         task = bar.add_task("features", total=n, info=backbone.name)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
             with autocast(dev):
                 got = pooled_layers(backbone, make_batch(backbone, prepared, idx.tolist(), dev), layers)
-            for name, feats in got.items():
-                if name not in out:
-                    out[name] = torch.zeros((n, feats.shape[-1]))
-                out[name][torch.as_tensor(idx)] = feats.float().cpu()
+            for name, feats in got.items():  # kept on the device: no wait for the GPU per batch
+                parts.setdefault(name, []).append(feats.float())
             bar.update(task, advance=len(idx))
+    inverse = torch.as_tensor(np.argsort(order, kind="stable"))
+    out = {name: torch.cat(p).cpu()[inverse] for name, p in parts.items()}
     if n == 0:  # no inputs: empty features of the right widths
         dims = {OUTPUT: backbone.num_features}
         if any(name != OUTPUT for name in layers):
@@ -67,6 +70,8 @@ def compute_layer_features(
             dims.update({name: t.shape[-1] for name, t in got.items()})
         out = {name: torch.zeros((0, dims[name])) for name in layers}
     backbone.train(was_training).cpu()
+    if channels_last:
+        backbone.to(memory_format=torch.contiguous_format)
     return out
 
 

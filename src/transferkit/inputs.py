@@ -1,13 +1,15 @@
 """From raw inputs (image paths, texts) to backbone batches.
 
-Images are decoded once to a uint8 tensor store at the weights' resize resolution; batches are cut
-from it, augmented on the device in one go (kornia: random resized crop + flip with per-sample
-randomness) and normalised with the weights' mean/std. Texts are tokenised per batch with dynamic
-padding.
+Images are decoded once into a uint8 tensor store at the weights' resize resolution (cached on disk,
+see ``data.store``); on a GPU the whole store moves to device memory when it fits, so a batch is an
+index into it. Batches are augmented on the device in one go (kornia: random resized crop + flip with
+per-sample randomness) and normalised with the weights' mean/std. Texts are tokenised per batch with
+dynamic padding; ``length_grouped`` orders training batches so that each holds texts of similar length.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import torch
@@ -15,14 +17,40 @@ import torch
 from .backbones.base import Backbone, ImagePreprocess
 
 
-def prepare(backbone: Backbone, inputs: Sequence[str], progress=None) -> Any:
-    """Decode images once (uint8 [N, 3, R, R]); texts stay strings."""
+def prepare(backbone: Backbone, inputs: Sequence[str], progress=None, *, device: torch.device | str | None = None,
+            cache: bool = True) -> Any:
+    """Decode images once (uint8 ``[N, 3, R, R]`` on the CPU, cached on disk unless ``cache=False``;
+    on CUDA JPEGs are decoded on the GPU); texts stay strings."""
     if backbone.modality == "image":
-        from .data.images import decode_images
+        from .data.store import image_store
 
         pre: ImagePreprocess = backbone.preprocess  # type: ignore[assignment]
-        return decode_images(list(inputs), pre.resize_size, pre.interpolation, progress)
+        return image_store(list(inputs), pre.resize_size, pre.interpolation, device=device, cache=cache, progress=progress)
     return list(inputs)
+
+
+def to_device(prepared: Any, device: torch.device, max_fraction: float = 0.25) -> Any:
+    """A decoded image store moved to the GPU when it takes at most ``max_fraction`` of the free
+    device memory (batches are then cut on the device); otherwise, and for texts, unchanged."""
+    if device.type != "cuda" or not isinstance(prepared, torch.Tensor):
+        return prepared
+    free, _ = torch.cuda.mem_get_info(device)
+    if prepared.numel() * prepared.element_size() > max_fraction * free:
+        return prepared
+    return prepared.to(device)
+
+
+def length_grouped(order: torch.Tensor, lengths: Sequence[int], batch_size: int, group: int = 50) -> torch.Tensor:
+    """``order`` regrouped so that consecutive batches hold texts of similar length: each run of
+    ``group`` batches is sorted by length, longest first (less padding; the set of samples and the
+    randomness of which samples meet stay those of ``order``)."""
+    size = batch_size * group
+    parts = []
+    for start in range(0, len(order), size):
+        part = order[start : start + size]
+        keys = torch.tensor([-lengths[int(i)] for i in part])
+        parts.append(part[torch.argsort(keys, stable=True)])
+    return torch.cat(parts) if parts else order
 
 
 class Augmenter:
@@ -56,23 +84,33 @@ def make_batch(
     if backbone.modality == "image":
         pre: ImagePreprocess = backbone.preprocess  # type: ignore[assignment]
         idx_t = torch.as_tensor(idx, dtype=torch.long)
-        x = prepared.index_select(0, idx_t)
-        if device.type == "cuda":
-            x = x.pin_memory().to(device, non_blocking=True)
+        if prepared.device.type != "cpu":  # the store lives on the device: index it there
+            x = prepared.index_select(0, idx_t.to(prepared.device, non_blocking=True))
+        else:
+            x = prepared.index_select(0, idx_t)
+            if device.type == "cuda":
+                x = x.pin_memory().to(device, non_blocking=True)
         x = x.float().div_(255.0)
         if augmenter is not None:
             x = augmenter(x)
         else:
             x = _center_crop(x, pre.input_size)
-        mean = torch.tensor(pre.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(pre.std, device=x.device).view(1, 3, 1, 1)
+        mean, std = _norm(tuple(pre.mean), tuple(pre.std), x.device)
         x = (x - mean) / std
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         return x
     texts = [prepared[int(i)] for i in idx]
     enc = backbone.tokenize(texts)  # type: ignore[attr-defined]
-    return {k: v.to(device, non_blocking=True) for k, v in enc.items()}
+    if device.type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in enc.items()}
+    return {k: v.to(device) for k, v in enc.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _norm(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalisation constants, made once per device (no host-to-device copy per batch)."""
+    return (torch.tensor(mean, device=device).view(1, 3, 1, 1), torch.tensor(std, device=device).view(1, 3, 1, 1))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -60,8 +60,8 @@ class TransferModel(nn.Module):
         from .inputs import autocast, make_batch, prepare, resolve_device
 
         dev = resolve_device(device) if isinstance(device, str) else device
-        if prepared is None:
-            prepared = prepare(self.backbone, list(inputs))
+        if prepared is None:  # new inputs: decoded for this call (on the GPU for JPEGs on CUDA), not cached
+            prepared = prepare(self.backbone, list(inputs), device=dev, cache=False)
         n = len(prepared)
         was_training = self.training
         self.eval().to(dev)
@@ -69,11 +69,11 @@ class TransferModel(nn.Module):
         for start in range(0, n, batch_size):
             idx = list(range(start, min(n, start + batch_size)))
             with autocast(dev):
-                outs.append(self(make_batch(self.backbone, prepared, idx, dev)).float().cpu())
+                outs.append(self(make_batch(self.backbone, prepared, idx, dev)).float())  # on the device until the end
         self.train(was_training)
         if not outs:
             return np.zeros((0, self.head_spec["out"]), dtype=np.float32)
-        return torch.cat(outs).numpy()
+        return torch.cat(outs).cpu().numpy()
 
     def predict(self, inputs: Sequence[str] | str, batch_size: int = 64, top_k: int | None = None, device: str = "auto",
                 support=None) -> list[dict[str, Any]]:

@@ -7,7 +7,6 @@ the task type. ``split_data`` makes a stratified train/val/test split with a fix
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,13 +54,9 @@ class TaskData:
         """Hash of the inputs' content (file bytes for images, the text itself) in order.
 
         Recomputed on every call, so a file changed on disk changes the digest."""
-        h = hashlib.sha256(self.modality.encode())
-        for x in self.inputs:
-            if self.modality == "image":
-                h.update(hashlib.sha256(Path(x).read_bytes()).digest())
-            else:
-                h.update(hashlib.sha256(x.encode("utf-8")).digest())
-        return h.hexdigest()
+        from .._cache import inputs_digest
+
+        return inputs_digest(self.inputs, self.modality)
 
 
 def _read_rows(path: Path) -> list[dict[str, str]]:

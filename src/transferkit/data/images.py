@@ -1,7 +1,7 @@
 """Image decoding: EXIF orientation, RGBA composited on white, grayscale/palette/CMYK to RGB.
 
-Each image is decoded once into a uint8 tensor at the stored resolution; training augments these
-tensors in batches (on the GPU when there is one) instead of re-decoding files every epoch.
+``decode_image`` gives one image as a uint8 tensor at the stored resolution; ``store.image_store``
+decodes a whole set once (cached on disk) and training augments those tensors in batches.
 """
 
 from __future__ import annotations
@@ -124,13 +124,3 @@ def decode_image(path: str | Path, size: int, interpolation: str = "bicubic") ->
     im = im.crop((left, top, left + size, top + size))
     arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
-
-
-def decode_images(paths: list[str], size: int, interpolation: str = "bicubic", progress=None) -> torch.Tensor:
-    """Decode many images into one ``[N, 3, size, size]`` uint8 tensor."""
-    out = torch.empty((len(paths), 3, size, size), dtype=torch.uint8)
-    for i, p in enumerate(paths):
-        out[i] = decode_image(p, size, interpolation)
-        if progress is not None:
-            progress(1)
-    return out
