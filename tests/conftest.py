@@ -140,3 +140,18 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32},
                        image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), resample=2).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory):
+    """Tests that do not ask for ``tk_cache`` still never write into the user's own cache folder
+    (decoded image stores, screening markers, features)."""
+    import os
+
+    before = os.environ.get("TRANSFERKIT_CACHE")
+    os.environ["TRANSFERKIT_CACHE"] = str(tmp_path_factory.mktemp("session-cache"))
+    yield
+    if before is None:
+        os.environ.pop("TRANSFERKIT_CACHE", None)
+    else:
+        os.environ["TRANSFERKIT_CACHE"] = before

@@ -124,12 +124,14 @@ def test_torchvision_decoder_matches_pillow(tk_cache, tmp_path, photos):
     assert stats == {"store_decoded": 2}
 
 
-def test_augmenter_ranges_per_sample_and_seeded():
+@pytest.mark.parametrize("made_for", ["cpu", "cuda"])  # sliced crops (CPU) or one batched warp (CUDA), both run here on the CPU
+def test_augmenter_ranges_per_sample_and_seeded(made_for):
     from transferkit.backbones.base import ImagePreprocess
     from transferkit.inputs import Augmenter
 
     pre = ImagePreprocess(input_size=16, crop_pct=0.8)
-    aug = Augmenter(pre, scale=(0.3, 1.0))
+    aug = Augmenter(pre, scale=(0.3, 1.0), device=made_for)
+    assert aug.aug[0].flags["cropping_mode"] == ("resample" if made_for == "cuda" else "slice")
     ramp = torch.linspace(0, 1, 20).view(1, 1, 1, 20).expand(8, 3, 20, 20).contiguous()  # same image 8 times
     torch.manual_seed(0)
     out = aug(ramp)
@@ -142,7 +144,7 @@ def test_augmenter_ranges_per_sample_and_seeded():
     assert ((extent.abs() > 0.25) & (extent.abs() <= 1.0 + 1e-6)).all()
     torch.manual_seed(0)
     assert torch.equal(aug(ramp), out)  # seeded: the same crops
-    no_flip = Augmenter(pre, hflip=False)
+    no_flip = Augmenter(pre, hflip=False, device=made_for)
     assert (no_flip(ramp)[:, 0, 8, -1] >= no_flip(ramp)[:, 0, 8, 0]).all()  # without flips the ramp always rises
 
 

@@ -277,3 +277,27 @@ def test_skip_refuses_to_drop_every_training_example_of_a_class(tmp_path, make_i
         screen(data, "train", "skip", max_bad_fraction=0.5)
     val = screen(data, "val", "skip", max_bad_fraction=0.5)  # a val set may lose a class
     assert len(val) == 8 and [Path(f).name for f in val.skipped] == ["only.png"]
+
+
+@pytest.mark.parametrize("mode", ["error", "skip"])
+def test_screening_of_unchanged_files_is_remembered_and_a_changed_file_is_checked_again(tk_cache, make_image_folder, monkeypatch, mode):
+    """A later run on the very same image files does not decode them all again; any change in a
+    file's bytes (here: it becomes a text file) is checked afresh."""
+    import transferkit.data.validate as validate
+
+    root = make_image_folder("d", classes=("circle", "square"), n=4)
+    data = load_data(root, keep_bad_samples=True)
+    calls = []
+    real = validate.check_sample
+    monkeypatch.setattr(validate, "check_sample", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    assert screen(data, "train", mode).skipped == []
+    assert len(calls) == 8
+    assert screen(data, "train", mode).skipped == [] and len(calls) == 8  # remembered: nothing decoded
+    bad = root / "square" / "02.png"
+    bad.write_text("<html>404</html>")
+    if mode == "error":
+        with pytest.raises(DataError, match="02.png is a text file"):
+            screen(data, "train", mode, max_bad_fraction=0.5)
+    else:
+        assert screen(data, "train", mode, max_bad_fraction=0.5).skipped == [str(bad)]
+    assert len(calls) > 8

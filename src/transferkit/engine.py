@@ -217,7 +217,7 @@ def train(
     x_val = to_device(prepare(backbone, val_data.inputs, device=device), device) if val_data is not None else None
     lengths = [len(t) for t in train_data.inputs] if backbone.modality == "text" else None
     run_backbone = torch.compile(backbone) if cfg.compile else backbone
-    augmenter = Augmenter(backbone.preprocess, hflip=cfg.hflip) if (cfg.augment and backbone.modality == "image") else None
+    augmenter = Augmenter(backbone.preprocess, hflip=cfg.hflip, device=device) if (cfg.augment and backbone.modality == "image") else None
 
     groups = param_groups(model, cfg)
     if adaptation is not None:

@@ -54,12 +54,19 @@ def length_grouped(order: torch.Tensor, lengths: Sequence[int], batch_size: int,
 
 
 class Augmenter:
-    """Batched image augmentation on the device with per-sample randomness."""
+    """Batched image augmentation on the device with per-sample randomness.
 
-    def __init__(self, pre: ImagePreprocess, hflip: bool = True, scale: tuple[float, float] = (0.35, 1.0)):
+    On CUDA the crops are one batched warp (kornia's ``resample`` mode); elsewhere each crop is sliced
+    and resized on its own (``slice``), which is cheaper in CPU arithmetic. Measured on the 2-core CPU
+    with tiny 16 px images, where launching the operations is all the cost, for a batch of 256: 6.6 ms
+    sliced vs 3.6 ms warped; at 224 px on the CPU the arithmetic wins instead (186 vs 475 ms)."""
+
+    def __init__(self, pre: ImagePreprocess, hflip: bool = True, scale: tuple[float, float] = (0.35, 1.0),
+                 device: torch.device | str | None = None):
         import kornia.augmentation as K
 
-        ops = [K.RandomResizedCrop((pre.input_size, pre.input_size), scale=scale, ratio=(3 / 4, 4 / 3))]
+        mode = "resample" if device is not None and torch.device(device).type == "cuda" else "slice"
+        ops = [K.RandomResizedCrop((pre.input_size, pre.input_size), scale=scale, ratio=(3 / 4, 4 / 3), cropping_mode=mode)]
         if hflip:
             ops.append(K.RandomHorizontalFlip())
         self.aug = K.AugmentationSequential(*ops)

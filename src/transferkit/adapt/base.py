@@ -26,7 +26,7 @@ from torch import nn
 from ..config import AdaptConfig, FitConfig
 from ..data.dataset import TaskData
 from ..errors import ConfigError
-from ..inputs import autocast, make_batch, prepare
+from ..inputs import autocast, make_batch, prepare, to_device
 from ..registry import Registry
 
 METHODS: Registry[type] = Registry("adaptation method")
@@ -159,7 +159,7 @@ class Adaptation:
     def target_store(self, backbone):
         """The target inputs prepared for ``backbone`` (images decoded once), made on first use."""
         if self.prepared is None:
-            self.prepared = prepare(backbone, self.target_inputs)
+            self.prepared = to_device(prepare(backbone, self.target_inputs, device=self.device), self.device)
         return self.prepared
 
     def param_groups(self, cfg: FitConfig) -> list[dict[str, Any]]:

@@ -10,6 +10,7 @@ split (warnings). ``screen`` applies ``FitConfig.on_bad_sample`` before any trai
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -115,15 +116,32 @@ def _check_image(path: str) -> tuple[tuple[str, str] | None, str | None]:
 
 
 def find_bad_samples(data: TaskData, split: str = "train", first_only: bool = False) -> list[Problem]:
-    """Unusable samples of ``data`` (all of them, or only the first)."""
+    """Unusable samples of ``data`` (all of them, or only the first). Images are checked on a thread
+    pool (decoding releases the GIL), in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
     found = []
-    for i, x in enumerate(data.inputs):
-        problem = check_sample(x, data.modality)
-        if problem is not None:
-            found.append(Problem(problem[0], split, i, shorten(x, data.modality), problem[1]))
-            if first_only:
-                break
+    workers = min(8, os.cpu_count() or 1) if data.modality == "image" else 1
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="transferkit-check")
+    try:
+        for i, (x, problem) in enumerate(zip(data.inputs, pool.map(lambda x: check_sample(x, data.modality), data.inputs))):
+            if problem is not None:
+                found.append(Problem(problem[0], split, i, shorten(x, data.modality), problem[1]))
+                if first_only:
+                    break
+    finally:
+        pool.shutdown(cancel_futures=True)
     return found
+
+
+def _screened_marker(data: TaskData) -> Path | None:
+    """Cache marker for image data whose every file was decoded fine: keyed by the files' content,
+    so later runs on the same files skip decoding them all again (a changed file changes the key)."""
+    if data.modality != "image" or not len(data):
+        return None
+    from .._cache import cache_dir
+
+    return cache_dir("screened") / f"v1-{data.content_digest()[:40]}"
 
 
 def _present(data: TaskData, rows: np.ndarray | None = None) -> dict[str, int]:
@@ -210,6 +228,9 @@ def screen(data: TaskData, split: str, on_bad_sample: str = "error", max_bad_fra
     raising when more than ``max_bad_fraction`` of ``data`` is unusable. Screened data is returned as is."""
     if data.skipped is not None:
         return data
+    marker = _screened_marker(data)
+    if marker is not None and marker.is_file():
+        return replace(data, skipped=[])  # these very files were all usable before
     command = command or validate_command(data.source)
     if on_bad_sample == "error":
         found = find_bad_samples(data, split, first_only=True)
@@ -220,8 +241,11 @@ def screen(data: TaskData, split: str, on_bad_sample: str = "error", max_bad_fra
             raise DataError(f"{where}{p.message.rstrip('.')}{also}.",
                             f"run '{command}' to list every problem, then fix or remove the file, "
                             "or pass --on-bad-sample skip to leave unusable samples out.")
+        _mark(marker)
         return replace(data, skipped=[])  # a copy: the caller's TaskData is left as it is
     found = find_bad_samples(data, split)
+    if not found:
+        _mark(marker)
     if len(data) and len(found) / len(data) > max_bad_fraction:
         raise DataError(
             f"{len(found)} of {len(data)} examples in {data.source or f'the {split} data'} ({len(found) / len(data):.1%}) "
@@ -239,3 +263,10 @@ def screen(data: TaskData, split: str, on_bad_sample: str = "error", max_bad_fra
     clean.skipped = [data.inputs[i] if data.modality == "image" else f"{data.source or split} example {i + 1} (empty text)"
                      for i in sorted(bad)]
     return clean
+
+
+def _mark(marker: Path | None) -> None:
+    if marker is not None:
+        from .._io import atomic_write_bytes
+
+        atomic_write_bytes(marker, b"")
