@@ -97,11 +97,11 @@ def make_batch(
             x = prepared.index_select(0, idx_t)
             if device.type == "cuda":
                 x = x.pin_memory().to(device, non_blocking=True)
+        if augmenter is None:  # crop before converting: less to convert
+            x = _center_crop(x, pre.input_size)
         x = x.float().div_(255.0)
         if augmenter is not None:
             x = augmenter(x)
-        else:
-            x = _center_crop(x, pre.input_size)
         mean, std = _norm(tuple(pre.mean), tuple(pre.std), x.device)
         x = (x - mean) / std
         if device.type == "cuda":
