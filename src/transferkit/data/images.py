@@ -113,14 +113,18 @@ def _to_8bit(im):
     return Image.fromarray(np.rint(a * (255.0 / full)).clip(0, 255).astype(np.uint8))
 
 
+def resize_geometry(w: int, h: int, size: int) -> tuple[int, int, int, int]:
+    """``(new_w, new_h, left, top)``: the shorter side resized to ``size``, then a centred square crop."""
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    return nw, nh, (nw - size) // 2, (nh - size) // 2
+
+
 def decode_image(path: str | Path, size: int, interpolation: str = "bicubic") -> torch.Tensor:
     """Decode to a ``[3, size, size]`` uint8 tensor: resize the shorter side to ``size``, centre crop."""
     im = open_rgb(path)
-    w, h = im.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    nw, nh, left, top = resize_geometry(*im.size, size)
     im = im.resize((nw, nh), resample=_INTERP.get(interpolation, 3))
-    left, top = (nw - size) // 2, (nh - size) // 2
     im = im.crop((left, top, left + size, top + size))
     arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()

@@ -27,7 +27,7 @@ import torch
 
 from .._cache import cache_dir, inputs_digest
 from .._io import atomic_path
-from .images import decode_image
+from .images import decode_image, resize_geometry
 
 STORE_VERSION = 1
 MMAP_BYTES = 4 << 30  # stores larger than this are memory-mapped rather than read into memory
@@ -148,11 +148,9 @@ def resize_center_crop(img: torch.Tensor, size: int, interpolation: str = "bicub
     from torchvision.transforms.v2 import functional as F
 
     h, w = img.shape[-2:]
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    nw, nh, left, top = resize_geometry(w, h, size)
     mode = {"bilinear": InterpolationMode.BILINEAR, "nearest": InterpolationMode.NEAREST}.get(interpolation, InterpolationMode.BICUBIC)
     img = F.resize(img, [nh, nw], interpolation=mode, antialias=True)
-    top, left = (nh - size) // 2, (nw - size) // 2
     return img[:, top : top + size, left : left + size]
 
 
@@ -161,34 +159,31 @@ def _decode_jpegs(paths, todo: list[int], size: int, interpolation: str, out: to
     indices left for Pillow (other formats, and files torchvision could not decode)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    raw: dict[int, bytes] = {}
-    left = []
-    for i in todo:
-        try:
-            data = Path(paths[i]).read_bytes()
-        except OSError:
-            data = b""
-        if data[:3] == b"\xff\xd8\xff":
-            raw[i] = data
-        else:
-            left.append(i)  # not a JPEG, or missing: Pillow decodes it or reports the problem
-    jpegs = list(raw)
-
-    def decode(idx: list[int]) -> list[torch.Tensor]:
-        tensors = [torch.frombuffer(bytearray(raw[i]), dtype=torch.uint8) for i in idx]
+    def decode(datas: list[bytes]) -> list[torch.Tensor]:
+        tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
             warnings.simplefilter("ignore", DeprecationWarning)
             return decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device, apply_exif_orientation=True)
 
-    for start in range(0, len(jpegs), JPEG_CHUNK):
-        chunk = jpegs[start : start + JPEG_CHUNK]
+    left = []
+    for start in range(0, len(todo), JPEG_CHUNK):  # files are read a chunk at a time, never all at once
+        raw: dict[int, bytes] = {}
+        for i in todo[start : start + JPEG_CHUNK]:
+            try:
+                data = Path(paths[i]).read_bytes()
+            except OSError:
+                data = b""
+            if data[:3] == b"\xff\xd8\xff":
+                raw[i] = data
+            else:
+                left.append(i)  # not a JPEG, or missing: Pillow decodes it or reports the problem
         try:
-            pairs = list(zip(chunk, decode(chunk)))
+            pairs = list(zip(raw, decode(list(raw.values())))) if raw else []
         except RuntimeError:  # one undecodable file fails the batch: decode one by one
             pairs = []
-            for i in chunk:
+            for i, data in raw.items():
                 try:
-                    pairs.append((i, decode([i])[0]))
+                    pairs.append((i, decode([data])[0]))
                 except RuntimeError:
                     left.append(i)
         for i, img in pairs:

@@ -121,16 +121,18 @@ def find_bad_samples(data: TaskData, split: str = "train", first_only: bool = Fa
     from concurrent.futures import ThreadPoolExecutor
 
     found = []
-    workers = min(8, os.cpu_count() or 1) if data.modality == "image" else 1
-    pool = ThreadPoolExecutor(workers, thread_name_prefix="transferkit-check")
+    check = lambda x: check_sample(x, data.modality)  # noqa: E731
+    # texts are checked in a moment: a pool would only add its overhead
+    pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="transferkit-check") if data.modality == "image" else None
     try:
-        for i, (x, problem) in enumerate(zip(data.inputs, pool.map(lambda x: check_sample(x, data.modality), data.inputs))):
+        for i, (x, problem) in enumerate(zip(data.inputs, pool.map(check, data.inputs) if pool else map(check, data.inputs))):
             if problem is not None:
                 found.append(Problem(problem[0], split, i, shorten(x, data.modality), problem[1]))
                 if first_only:
                     break
     finally:
-        pool.shutdown(cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return found
 
 
