@@ -310,3 +310,18 @@ def test_load_unlabelled_forms(tmp_path, make_image_folder):
     assert load_unlabelled(tmp_path / "t.txt").inputs == ["one", "two"]
     with pytest.raises(DataError, match="does not exist"):
         load_unlabelled(tmp_path / "missing")
+
+
+def test_dann_reversal_weight_ramps_up_over_training(domains, tiny_timm_weights, tk_cache):
+    """The reversal weight follows 2/(1+exp(-10p))-1 with p the fraction of all steps done: low in the
+    first of 10 epochs, rising every epoch (a bug once fed it the step number instead of p)."""
+    from transferkit import load_data
+
+    source = load_data(domains["source"])
+    cfg = _tiny_cfg(tiny_timm_weights, epochs=10, patience=0)
+    model = fit_adapted(*tk_split(source, cfg), _target(domains), cfg, AdaptConfig(method="dann", select="last"), progress=False)
+    weights = [h["dann_reversal"] for h in model.info["history"] if "epoch" in h]
+    assert len(weights) == 10
+    assert weights[0] < 0.5, weights  # mean over epoch 1 (p in 0..0.1): about 0.24
+    assert all(b > a for a, b in zip(weights, weights[1:])), weights
+    assert weights[-1] > 0.99

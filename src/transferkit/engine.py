@@ -280,7 +280,7 @@ def train(
         nonlocal micro
         while True:
             try:
-                total = torch.zeros((), device=device)
+                step_loss = torch.zeros((), device=device)
                 for s in range(0, len(idx), micro):
                     part = idx[s : s + micro]
                     batch = make_batch(backbone, x_train, part, device, augmenter)
@@ -295,8 +295,8 @@ def train(
                     # no finiteness check here (it would wait for the GPU): a non-finite loss gives
                     # non-finite gradients, which the step checks once
                     loss.backward()
-                    total = total + loss.detach()
-                return total
+                    step_loss = step_loss + loss.detach()
+                return step_loss
             except torch.OutOfMemoryError:
                 opt.zero_grad(set_to_none=True)
                 if device.type == "cuda":
