@@ -379,3 +379,45 @@ def test_console_script_one_line_and_debug_traceback(tmp_path):
     assert debug.returncode != 0
     assert "Traceback" in debug.stderr and "DataError" in debug.stderr
     assert not (tmp_path / "transferkit-run").exists()
+
+
+def test_regression_comparison_respects_lower_is_better(tmp_path):
+    """MSE is better when lower: a fine-tune with lower MSE than scratch is a positive gain, best, and
+    not negative transfer, in the API, its dict and the CLI table (a bug once crowned the worst)."""
+    from rich.console import Console
+
+    from transferkit.api import CompareRow, Comparison
+    from transferkit.cli import comparison_table
+
+    rows = [CompareRow("finetune", [0.20, 0.22, 0.21], [float("nan")] * 3, [2.0] * 3),
+            CompareRow("linear-probe", [0.95, 0.97, 0.96], [float("nan")] * 3, [1.0] * 3),
+            CompareRow("scratch", [0.60, 0.62, 0.61], [float("nan")] * 3, [3.0] * 3)]
+    cmp = Comparison(rows, "mse", "scratch", n_test=100, higher=False)
+    assert cmp.gain("finetune") == pytest.approx(0.40)
+    assert not cmp.negative_transfer("finetune")
+    assert cmp.gain("linear-probe") == pytest.approx(-0.35) and cmp.negative_transfer("linear-probe")
+    assert cmp.best() == "finetune"
+    d = {r["strategy"]: r for r in cmp.to_dict()["rows"]}
+    assert d["finetune"]["gain"] > 0 and not d["finetune"]["negative_transfer"] and cmp.to_dict()["higher_is_better"] is False
+    console = Console(width=250, record=True, file=io.StringIO())
+    console.print(comparison_table(cmp, "t"))
+    text = {ln.split("│")[1].strip(): ln for ln in console.export_text().splitlines() if ln.count("│") >= 6}
+    assert "+0.400" in text["finetune"] and "transfer helps" in text["finetune"]
+    assert "NEGATIVE TRANSFER" in text["linear-probe"]
+
+
+def test_compare_regression_end_to_end_direction(tmp_path, make_image_folder, tiny_timm_weights):
+    """A real regression compare: the strategy reported best has the lowest test MSE."""
+    from transferkit.api import compare
+
+    data = make_image_folder(classes=("circle", "triangle"), n=10)
+    rows = [("path", "y")] + [(str(p.relative_to(data)), str(1.0 if p.parent.name == "circle" else -1.0))
+                              for p in sorted(data.rglob("*.png"))]
+    (data / "reg.csv").write_text("\n".join(",".join(r) for r in rows) + "\n")
+    cmp = compare(data / "reg.csv", strategies=["linear-probe"], progress=False, loader={"label_column": "y", "task": "regression"},
+                  backbone="timm/test_efficientnet", backbone_weights=str(tiny_timm_weights), image_size=32, epochs=2,
+                  batch_size=8, device="cpu")
+    assert cmp.metric == "mse" and cmp.higher is False
+    means = {r.strategy: r.mean for r in cmp.rows}
+    assert cmp.best() == min(means, key=means.get)
+    assert cmp.gain("linear-probe") == pytest.approx(means["scratch"] - means["linear-probe"])

@@ -161,6 +161,7 @@ class CompareRow:
     scores: list[float]
     macro_f1: list[float]
     seconds: list[float]
+    errors: list[float] = field(default_factory=list)  # standard error of each seed's score on the test set, when known
 
     @property
     def mean(self) -> float:
@@ -178,17 +179,27 @@ class Comparison:
     baseline: str
     n_test: int
     models: dict[str, TransferModel] = field(default_factory=dict)  # best seed per strategy
+    higher: bool = True  # whether a higher ``metric`` is better (False for MSE)
 
     def gain(self, strategy: str) -> float:
-        return self.row(strategy).mean - self.row(self.baseline).mean
+        """How much better than the baseline (positive = better, whichever way the metric points)."""
+        diff = self.row(strategy).mean - self.row(self.baseline).mean
+        return diff if self.higher else -diff
 
     def noise(self, strategy: str) -> float:
-        """Seed noise of the difference; with one seed, the binomial standard error of accuracy."""
+        """Seed noise of the difference; with one seed, the test-set standard error of each score
+        (binomial for accuracy)."""
         a, b = self.row(strategy), self.row(self.baseline)
         if len(a.scores) > 1 and len(b.scores) > 1:
             return math.sqrt(a.std**2 / len(a.scores) + b.std**2 / len(b.scores))
-        se = lambda p: math.sqrt(max(p * (1 - p), 1e-12) / max(1, self.n_test))  # noqa: E731
-        return math.sqrt(se(a.mean) ** 2 + se(b.mean) ** 2)
+
+        def se(r: CompareRow) -> float:
+            if r.errors:
+                return float(np.mean(r.errors))
+            p = r.mean
+            return math.sqrt(max(p * (1 - p), 1e-12) / max(1, self.n_test))
+
+        return math.sqrt(se(a) ** 2 + se(b) ** 2)
 
     def negative_transfer(self, strategy: str) -> bool:
         """True when the pretrained strategy is not better than scratch beyond twice the noise."""
@@ -198,10 +209,12 @@ class Comparison:
         return next(r for r in self.rows if r.strategy == strategy)
 
     def best(self) -> str:
-        return max((r for r in self.rows), key=lambda r: r.mean).strategy
+        pick = max if self.higher else min
+        return pick(self.rows, key=lambda r: r.mean).strategy
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"metric": self.metric, "baseline": self.baseline, "n_test": self.n_test, "rows": []}
+        out = {"metric": self.metric, "higher_is_better": self.higher, "baseline": self.baseline, "n_test": self.n_test,
+               "best": self.best(), "rows": []}
         for r in self.rows:
             row = {"strategy": r.strategy, "mean": r.mean, "std": r.std, "scores": r.scores, "macro_f1": float(np.mean(r.macro_f1)), "seconds": float(np.mean(r.seconds))}
             if r.strategy != self.baseline:
@@ -250,6 +263,8 @@ def compare(
             res = fit(None, config=scfg, splits=(train, val, test), progress=progress)
             m = res.metrics["test" if test is not None else "val"]
             row.scores.append(m[metric])
+            if f"{metric}_se" in m:
+                row.errors.append(m[f"{metric}_se"])
             row.macro_f1.append(m.get("macro_f1", float("nan")))
             row.seconds.append(res.seconds)
             if best is None or (m[metric] > best[0] if higher else m[metric] < best[0]):
@@ -258,4 +273,4 @@ def compare(
                 on_result(name, s, res)
         models[name] = best[1]
         rows.append(row)
-    return Comparison(rows, metric, baseline, len(evaluated), models)
+    return Comparison(rows, metric, baseline, len(evaluated), models, higher)

@@ -307,7 +307,8 @@ def comparison_table(cmp, title: str) -> Table:
         spread = f" ± {r['std']:.3f}" if len(r["scores"]) > 1 else ""
         gain = f"{r['gain']:+.3f} (noise {r['noise']:.3f})" if "gain" in r else "baseline"
         verdict = "" if "gain" not in r else ("NEGATIVE TRANSFER: not clearly better than scratch" if r["negative_transfer"] else "transfer helps")
-        t.add_row(r["strategy"], f"{r['mean']:.3f}{spread}", f"{r['macro_f1']:.3f}", f"{r['seconds']:.1f}", gain, verdict)
+        f1 = f"{r['macro_f1']:.3f}" if r["macro_f1"] == r["macro_f1"] else "-"  # NaN for regression
+        t.add_row(r["strategy"], f"{r['mean']:.3f}{spread}", f1, f"{r['seconds']:.1f}", gain, verdict)
     return t
 
 

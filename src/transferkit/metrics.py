@@ -39,8 +39,10 @@ def multilabel_metrics(y_true: np.ndarray, scores: np.ndarray, label_names: list
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, Any]:
     from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
 
+    sq = (np.asarray(y_true, dtype=np.float64).reshape(-1) - np.asarray(y_pred, dtype=np.float64).reshape(-1)) ** 2
     return {
         "mse": float(mean_squared_error(y_true, y_pred)),
+        "mse_se": float(sq.std(ddof=1) / np.sqrt(len(sq))) if len(sq) > 1 else float("nan"),  # standard error of the MSE
         "mae": float(mean_absolute_error(y_true, y_pred)),
         "r2": float(r2_score(y_true, y_pred)) if len(y_true) > 1 else float("nan"),
         "n": int(len(y_true)),
