@@ -146,7 +146,7 @@ def test_resume_reports_config_drift(images, tiny_timm_weights, tmp_path):
     with pytest.warns(UserWarning, match=r"lr: 0\.003 -> 0\.001"):
         assert main([*fit_args(images, tiny_timm_weights, run)[:2], "--resume", str(run), "--lr", "0.001", "--no-progress"]) == 0
     code = main([*fit_args(images, tiny_timm_weights, run)[:2], "--resume", str(run), "--image-size", "48", "--no-progress"])
-    assert code == 3
+    assert code == 2  # a refused option is bad input (it was exit 3, as a training failure, before issue 16)
 
 
 def test_nan_at_step_k_stops_and_keeps_last_good_checkpoint(images, tiny_timm_weights, tmp_path, monkeypatch):
@@ -266,3 +266,135 @@ def test_out_of_memory_finder_keeps_the_effective_batch(images, tiny_timm_weight
     assert len(steps) == 2  # 30 training images in batches of 16: optimiser steps unchanged
     assert max(s for s in seen[3:]) <= 3
     assert sum(seen[3:]) == 30  # every sample seen exactly once after the size settled
+
+
+# ---------------------------------------------------------------- issue 16: runs never mix, signals over the whole run
+SIGNAL_WORKER = Path(__file__).with_name("signal_worker.py")
+
+
+def run_signal_worker(where: str, k: int, args, env_cache):
+    env = {**os.environ, "TRANSFERKIT_CACHE": str(env_cache), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(SIGNAL_WORKER), where, str(k), "--", *args], env=env, capture_output=True,
+                          text=True, cwd=str(SIGNAL_WORKER.parent), timeout=300)
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.strip() and "Warning" not in ln and not ln.startswith("  ")]
+    assert "Traceback" not in stderr, stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error:"), stderr[-2000:]
+    return lines[0]
+
+
+def test_an_old_run_never_hijacks_a_new_one(images, tiny_timm_weights, tmp_path, reference):
+    """A finished run (seed 5, lr 0.001) in R, then a new run into R: refused without --overwrite;
+    with it, the old checkpoints and logs are gone, and a SIGKILL + resume ends exactly as an
+    uninterrupted run with the new options (it once resumed the OLD run's checkpoints)."""
+    run = tmp_path / "run"
+    old = fit_args(images, tiny_timm_weights, run, "--checkpoint-every", "1steps", "--seed", "5", "--lr", "0.001")
+    assert main(old) == 0
+    before = (run / "model" / "model.safetensors").read_bytes()
+    assert main(fit_args(images, tiny_timm_weights, run)) == 2  # refused before any work
+    assert (run / "model" / "model.safetensors").read_bytes() == before
+    p = run_worker(fit_args(images, tiny_timm_weights, run, "--checkpoint-every", "1steps", "--overwrite"), 0.05, tmp_path / "c")
+    t0 = time.time()
+    while not (run / "run.json").is_file() or json.loads((run / "run.json").read_text()).get("pid") != p.pid:
+        assert time.time() - t0 < 120 and p.poll() is None, "the new run never started"
+        time.sleep(0.01)  # the old run's logs are still there until the new run begins
+    wait_for_steps(run / "steps.jsonl", 10, p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert not (run / "model").exists()  # the old model went with the old run
+    steps = sorted(int(p.name.split("-")[1]) for p in (run / "checkpoints").glob("step-*"))
+    assert steps and max(steps) < 24  # only the new run's checkpoints (the old run ended at step 24)
+    assert main([*fit_args(images, tiny_timm_weights, run)[:2], "--resume", str(run), "--no-progress"]) == 0
+    assert_same_run(run, reference)  # the reference: seed 0, lr 0.003, uninterrupted
+    report = json.loads((run / "report.json").read_text())
+    assert report["fit_config"]["seed"] == 0 and report["fit_config"]["lr"] == 0.003
+    assert json.loads((run / "run.json").read_text())["status"] == "done"
+
+
+def test_a_second_run_into_a_busy_folder_is_refused(images, tiny_timm_weights, tmp_path, capsys):
+    run = tmp_path / "run"
+    p = run_worker(fit_args(images, tiny_timm_weights, run, "--checkpoint-every", "1steps"), 0.05, tmp_path / "c")
+    wait_for_steps(run / "steps.jsonl", 2, p)
+    capsys.readouterr()
+    for args in (fit_args(images, tiny_timm_weights, run, "--overwrite"), [*fit_args(images, tiny_timm_weights, run)[:2], "--resume", str(run)]):
+        assert main(args) == 2
+        line = one_error_line(capsys.readouterr().err)
+        assert "in use by another transferkit run" in line and f"pid {p.pid}" in line
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    # the kernel released the dead run's lock: nothing stale stands in the way of resuming it
+    assert main([*fit_args(images, tiny_timm_weights, run)[:2], "--resume", str(run), "--no-progress"]) == 0
+
+
+def test_sigterm_while_loading_data_exits_75_and_writes_nothing(images, tiny_timm_weights, tmp_path):
+    run = tmp_path / "run"
+    res = run_signal_worker("load", 1, fit_args(images, tiny_timm_weights, run), tmp_path / "c")
+    assert res.returncode == 75, res.stderr[-2000:]
+    assert "before training started" in one_error_line(res.stderr)
+    assert not run.exists()
+
+
+@pytest.mark.parametrize("where,k", [("val", 3), ("evaluate", 1)])  # the last epoch's validation; the final evaluation
+def test_sigterm_after_training_saves_the_model_first(images, tiny_timm_weights, tmp_path, reference, where, k):
+    run = tmp_path / "run"
+    res = run_signal_worker(where, k, fit_args(images, tiny_timm_weights, run), tmp_path / "c")
+    assert res.returncode == 75, res.stderr[-2000:]
+    line = one_error_line(res.stderr)
+    assert "after training" in line and "model was saved" in line
+    assert_same_run(run, reference)  # the model is the finished run's
+    report = json.loads((run / "report.json").read_text())
+    assert ("test" not in report["metrics"]) and ("val" in report["metrics"]) == (where == "evaluate")
+    assert json.loads((run / "run.json").read_text())["status"] == "preempted"
+
+
+def test_sigterm_during_validation_checkpoints_at_the_epoch_boundary(images, tiny_timm_weights, tmp_path, reference):
+    run = tmp_path / "run"
+    res = run_signal_worker("val", 1, fit_args(images, tiny_timm_weights, run), tmp_path / "c")  # epoch 1's validation
+    assert res.returncode == 75, res.stderr[-2000:]
+    assert "after epoch 1" in one_error_line(res.stderr)
+    assert checkpoint.load(run).state["epoch"] == 1 and not (run / "model").exists()
+    assert main([*fit_args(images, tiny_timm_weights, run)[:2], "--resume", str(run), "--no-progress"]) == 0
+    assert_same_run(run, reference)
+
+
+def test_unreadable_checkpoint_with_a_matching_checksum_falls_back(images, tiny_timm_weights, tmp_path, reference):
+    """model.safetensors replaced by bytes that are not safetensors, its checksum updated: resume
+    warns, takes the checkpoint before it, and still ends bit-for-bit as the uninterrupted run."""
+    from transferkit._cache import file_digest
+
+    run = tmp_path / "run"
+    p = run_worker(fit_args(images, tiny_timm_weights, run, "--checkpoint-every", "1steps", "--keep-checkpoints", "3"), 0.05, tmp_path / "c")
+    wait_for_steps(run / "steps.jsonl", 12, p)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    newest = checkpoint.find_latest(run)
+    (newest / "model.safetensors").write_bytes(b"not a safetensors file" * 10)
+    state = json.loads((newest / "state.json").read_text())
+    state["checksums"]["model.safetensors"] = file_digest(newest / "model.safetensors")
+    (newest / "state.json").write_text(json.dumps(state))
+    with pytest.warns(UserWarning, match="falling back to the previous one"):
+        ck = checkpoint.load(run)
+    assert ck.path != newest
+    with pytest.warns(UserWarning, match="falling back"):
+        assert main([*fit_args(images, tiny_timm_weights, run)[:2], "--resume", str(run), "--no-progress"]) == 0
+    assert_same_run(run, reference)
+
+
+def test_resume_on_other_data_warns_and_a_new_label_set_is_refused(images, tiny_timm_weights, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(fit_args(images, tiny_timm_weights, run, "--checkpoint-every", "1")) == 0
+    more = tmp_path / "more"
+    shutil.copytree(images, more)
+    for cls in ("circle", "square", "triangle"):  # same class names, twice the images
+        for f in list((more / cls).glob("*.png")):
+            shutil.copy(f, f.with_name("b" + f.name))
+    with pytest.warns(UserWarning, match=r"n_train: 30 -> (?!30\b)\d+"):
+        assert main(["fit", str(more), "--resume", str(run), "--no-progress"]) == 0
+    other = tmp_path / "other"
+    shutil.copytree(images, other)
+    shutil.move(other / "triangle", other / "star")
+    capsys.readouterr()
+    assert main(["fit", str(other), "--resume", str(run), "--no-progress"]) == 2
+    assert "labels" in one_error_line(capsys.readouterr().err)

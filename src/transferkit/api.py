@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -82,6 +83,7 @@ def fit(
     val_data=None,
     test_data=None,
     out: str | Path | None = None,
+    overwrite: bool = False,
     config: FitConfig | None = None,
     progress: bool = True,
     loader: dict[str, Any] | None = None,
@@ -94,48 +96,74 @@ def fit(
     ``data``: an image folder, a CSV/TSV/JSONL manifest or a ``TaskData``; split stratified into
     train/val/test unless ``val_data``/``test_data`` are given. ``overrides`` are ``FitConfig`` fields
     (``backbone="minilm"``, ``strategy="linear-probe"``, ``epochs=5``...). With ``out``, the run folder
-    gets ``metrics.jsonl``, ``report.json`` and the model under ``out/model``.
+    gets ``run.json``, ``metrics.jsonl``, ``report.json`` and the model under ``out/model``; it must be
+    new or empty, or hold an earlier run that ``overwrite=True`` replaces (never anything else), and
+    it is locked while the run works in it.
 
     ``resume=RUN_DIR`` continues an interrupted run from its newest checkpoint, with the run's own
     options unless ``config``/``overrides`` change them (a different model or task is refused,
     other changes are warned about).
+
+    SIGTERM/SIGINT stop the run with ``Preempted`` (exit code 75): before training with nothing
+    written; during training after a checkpoint; after training once the model is saved.
     """
+    from .errors import ConfigError, Preempted
+    from .training.preemption import StopSignal
+    from .training.rundir import RunFolder, check_run_target
+
     if resume is not None:
         from . import checkpoint
 
         if out is not None and Path(out) != Path(resume):
-            from .errors import ConfigError
-
             raise ConfigError(f"--out {out} differs from --resume {resume}.", "a resumed run continues in its own folder; drop --out.")
+        check_run_target(resume, resume=True)
         out = resume
         saved = checkpoint.load(Path(resume)).state["config"]
         config = config or FitConfig.from_dict(saved)
     cfg = (config or FitConfig()).replace(**overrides) if overrides else (config or FitConfig())
     strategy = get_strategy(cfg.strategy)  # unknown names fail before any work
-    if splits is not None:  # sets built by the caller are screened too (no-op when prepare_splits made them)
-        splits = screen_splits(*splits, cfg)
-    train, val, test = splits or prepare_splits(data, val_data, test_data, cfg, **(loader or {}))
     run_dir = Path(out) if out is not None else None
-    t0 = time.perf_counter()
-    model = strategy.fit(train, val, cfg, run_dir=run_dir, progress=progress, resume=resume is not None)
-    seconds = time.perf_counter() - t0
-    metrics: dict[str, dict[str, Any]] = {}
-    for name, part in (("val", val), ("test", test)):
-        if part is not None:
-            metrics[name] = model.evaluate(part, batch_size=cfg.eval_batch_size, device=cfg.device)
-    model.info.update({
-        "metrics": metrics,
-        "fit_config": cfg.to_dict(),
-        "train_seconds": round(seconds, 2),
-        "data": {"source": train.source, "n_train": len(train), "n_val": len(val or []), "n_test": len(test or [])},
-        "skipped_samples": skipped_samples(train, val, test),
-    })
-    history = model.info.get("history", [])
     if run_dir is not None:
-        from ._io import atomic_write_json
+        check_run_target(run_dir, resume=resume is not None, overwrite=overwrite)  # before any work
+    folder = RunFolder(run_dir, resume=resume is not None, overwrite=overwrite) if run_dir is not None else contextlib.nullcontext()
+    with StopSignal() as stop, folder:
+        if splits is not None:  # sets built by the caller are screened too (no-op when prepare_splits made them)
+            splits = screen_splits(*splits, cfg)
+        train, val, test = splits or prepare_splits(data, val_data, test_data, cfg, **(loader or {}))
+        t0 = time.perf_counter()
+        model = strategy.fit(train, val, cfg, run_dir=run_dir, progress=progress, resume=resume is not None)
+        seconds = time.perf_counter() - t0
+        stop.defer()  # training is over: a signal from now on lets the model be saved first
+        metrics: dict[str, dict[str, Any]] = {}
+        not_evaluated = []
+        for name, part in (("val", val), ("test", test)):
+            if part is None:
+                continue
+            if stop.signal is not None:
+                not_evaluated.append(name)
+                continue
+            metrics[name] = model.evaluate(part, batch_size=cfg.eval_batch_size, device=cfg.device)
+        model.info.update({
+            "metrics": metrics,
+            "fit_config": cfg.to_dict(),
+            "train_seconds": round(seconds, 2),
+            "data": {"source": train.source, "n_train": len(train), "n_val": len(val or []), "n_test": len(test or [])},
+            "skipped_samples": skipped_samples(train, val, test),
+        })
+        history = model.info.get("history", [])
+        if run_dir is not None:
+            from ._io import atomic_write_json
+            from .training.rundir import storage_errors
 
-        model.save(run_dir / "model")
-        atomic_write_json(run_dir / "report.json", {k: v for k, v in model.info.items() if k != "history"})
+            folder.begin()
+            model.save(run_dir / "model", overwrite=True)  # the run folder is ours (checked and locked above)
+            with storage_errors(run_dir / "report.json"):
+                atomic_write_json(run_dir / "report.json", {k: v for k, v in model.info.items() if k != "history"})
+        if stop.signal is not None:
+            where = f"the model was saved to {run_dir / 'model'}" if run_dir is not None else "nothing was saved (no --out)"
+            missing = f"; {' and '.join(not_evaluated)} metrics were not computed" if not_evaluated else ""
+            raise Preempted(f"Stopped by signal {stop.signal} after training; {where}{missing}.",
+                            "compute them with: transferkit evaluate MODEL_DIR DATA" if run_dir is not None else "pass --out to keep the model.")
     return FitResult(model, metrics, seconds, run_dir, history)
 
 

@@ -67,17 +67,22 @@ class Checkpoint:
     path: Path
     state: dict[str, Any]  # state.json
     tensors: dict[str, Any]  # optim.pt
+    model: dict[str, torch.Tensor] | None = None  # model.safetensors, read by ``load``
+    best: dict[str, torch.Tensor] | None = None  # best.safetensors, when there is one
 
     def model_state(self) -> dict[str, torch.Tensor]:
-        from safetensors.torch import load_file
+        if self.model is None:
+            from safetensors.torch import load_file
 
-        return load_file(str(self.path / "model.safetensors"))
+            self.model = load_file(str(self.path / "model.safetensors"))
+        return self.model
 
     def best_state(self) -> dict[str, torch.Tensor] | None:
-        from safetensors.torch import load_file
+        if self.best is None and (self.path / "best.safetensors").is_file():
+            from safetensors.torch import load_file
 
-        f = self.path / "best.safetensors"
-        return load_file(str(f)) if f.is_file() else None
+            self.best = load_file(str(self.path / "best.safetensors"))
+        return self.best
 
 
 def _complete(folder: Path) -> bool:
@@ -115,34 +120,59 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, best_state: dict | No
     return root / name
 
 
-def find_latest(run_dir: Path) -> Path | None:
+def _candidates(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, the one ``latest`` names first, then the others newest first."""
     root = Path(run_dir) / "checkpoints"
     if not root.is_dir():
-        return None
+        return []
     pointer = root / "latest"
+    first: Path | None = None
     if pointer.is_file():
         target = root / pointer.read_text().strip()
         if _complete(target):
-            return target
-        warnings.warn(f"checkpoint {target.name} named by {pointer} is incomplete or corrupt; using the newest complete one", stacklevel=2)
-    complete = []
-    for p in sorted(root.glob("step-*")):
-        if _complete(p):
-            complete.append(p)
+            first = target
         else:
-            warnings.warn(f"skipping incomplete or corrupt checkpoint {p}", stacklevel=2)
-    return complete[-1] if complete else None
+            warnings.warn(f"checkpoint {target.name} named by {pointer} is incomplete or corrupt; using the newest complete one", stacklevel=3)
+    rest = []
+    for p in sorted(root.glob("step-*"), reverse=True):
+        if p == first:
+            continue
+        if _complete(p):
+            rest.append(p)
+        elif first is None:
+            warnings.warn(f"skipping incomplete or corrupt checkpoint {p}", stacklevel=3)
+    return ([first] if first is not None else []) + rest
+
+
+def find_latest(run_dir: Path) -> Path | None:
+    found = _candidates(run_dir)
+    return found[0] if found else None
+
+
+def _read(path: Path) -> Checkpoint:
+    from safetensors.torch import load_file
+
+    state = json.loads((path / "state.json").read_text())
+    tensors = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")  # a pickle with code in it fails here, never runs
+    model = load_file(str(path / "model.safetensors"))
+    best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").is_file() else None
+    return Checkpoint(path, state, tensors, model, best)
 
 
 def load(run_dir: Path) -> Checkpoint:
-    path = find_latest(run_dir)
-    if path is None:
+    """The newest checkpoint that reads completely; one that does not (even with matching
+    checksums: e.g. a file that is not safetensors) is skipped with a warning for the one before."""
+    candidates = _candidates(run_dir)
+    if not candidates:
         raise ModelLoadError(f"No complete checkpoint in {Path(run_dir) / 'checkpoints'}.",
-                             "resume a run that was started with --checkpoint-every.")
-    try:
-        state = json.loads((path / "state.json").read_text())
-        tensors = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")
-    except Exception as e:  # a pickle with code in it fails here, never runs
-        raise ModelLoadError(f"Cannot read checkpoint {path} ({type(e).__name__}: {str(e)[:200]}).",
-                             "delete that checkpoint folder to fall back to the previous one.") from None
-    return Checkpoint(path, state, tensors)
+                             "resume a run that was started with --checkpoint-every (or stopped by SIGTERM).")
+    problems = []
+    for path in candidates:
+        try:
+            return _read(path)
+        except Exception as e:
+            problems.append(f"{path.name}: {type(e).__name__}: {str(e)[:160]}")
+            if path is not candidates[-1]:
+                warnings.warn(f"cannot read checkpoint {path} ({problems[-1]}); falling back to the previous one", stacklevel=2)
+    raise ModelLoadError(f"Cannot read any checkpoint in {Path(run_dir) / 'checkpoints'} ({'; '.join(problems)[:400]}).",
+                         "start the run again in a new folder (or with --overwrite).")

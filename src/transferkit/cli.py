@@ -138,13 +138,15 @@ def fit(
     progress: bool = typer.Option(True, help="show a progress bar"),
     resume: Optional[Path] = typer.Option(None, help="continue an interrupted run from RUN_DIR's newest checkpoint "
                                           "(its own options; those given here override them)"),
+    overwrite: bool = typer.Option(False, help="replace an earlier run in --out (never a folder transferkit did not write)"),
     cfg: FitConfig = None,
     explicit: dict = None,
 ):
     """Train a model on DATA with a transfer strategy and save it.
 
-    Exit codes: 0 done, 2 bad input or option, 3 training failed (e.g. non-finite loss),
-    75 stopped by SIGTERM/SIGINT after writing a checkpoint (continue with --resume RUN_DIR)."""
+    Exit codes: 0 done, 2 bad input or option, 3 training failed (e.g. non-finite loss), 74 disk
+    full, 75 stopped by SIGTERM/SIGINT (during training after writing a checkpoint: continue with
+    --resume RUN_DIR; after training once the model is saved)."""
     from .api import fit as api_fit
 
     loader = _loader(label_column, text_column, path_column, task, tasks)
@@ -153,7 +155,8 @@ def fit(
         res = api_fit(data, val_data=val_data, test_data=test_data, resume=resume, progress=progress, loader=loader, **explicit)
         cfg = FitConfig.from_dict(res.model.info["fit_config"])
     else:
-        res = api_fit(data, val_data=val_data, test_data=test_data, out=out_dir, config=cfg, progress=progress, loader=loader)
+        res = api_fit(data, val_data=val_data, test_data=test_data, out=out_dir, overwrite=overwrite, config=cfg, progress=progress,
+                      loader=loader)
     _warn_skipped(res.model.info.get("skipped_samples"), data, out_dir / "report.json")
     out.print(_metrics_table(f"{cfg.strategy} on {cfg.backbones or cfg.backbone} ({res.seconds:.1f} s)", res.metrics))
     out.print(f"Model saved to {out_dir / 'model'}. Predict with: transferkit predict {out_dir / 'model'} INPUTS...")
@@ -366,6 +369,7 @@ def adapt(
     baseline: bool = typer.Option(True, help="also train source-only and report it side by side"),
     diagnostics: bool = typer.Option(True, help="proxy A-distance before and after adaptation"),
     out_dir: Path = typer.Option(Path("transferkit-adapt"), "--out", help="run folder; the adapted model is saved in OUT/model"),
+    overwrite: bool = typer.Option(False, help="replace an earlier run in --out (never a folder transferkit did not write)"),
     label_column: Optional[str] = LabelColumn,
     text_column: Optional[str] = TextColumn,
     path_column: Optional[str] = PathColumn,
@@ -382,7 +386,7 @@ def adapt(
 
     loader = _loader(label_column, text_column, path_column, "classification")
     res = api_adapt(source, target, target_test=target_test, config=cfg, adapt_config=acfg, seeds=seeds, baseline=baseline,
-                    diagnostics=diagnostics, out=out_dir, progress=progress, loader=loader)
+                    diagnostics=diagnostics, out=out_dir, overwrite=overwrite, progress=progress, loader=loader)
     if as_json:
         print(json.dumps(res.report))
         return
@@ -447,12 +451,21 @@ def fewshot_eval(
     out.print(t)
 
 
-def _predict_and_save(model, inputs: list[str], save: Optional[Path], top_k: int, as_json: bool, device: str, what: str) -> None:
+def _check_save(save: Optional[Path], overwrite: bool) -> None:
+    """A --save path that cannot be used is refused before any work."""
+    if save is not None:
+        from .training.rundir import check_model_target
+
+        check_model_target(save, overwrite=overwrite)
+
+
+def _predict_and_save(model, inputs: list[str], save: Optional[Path], top_k: int, as_json: bool, device: str, what: str,
+                      overwrite: bool = False) -> None:
     """Predict ``inputs`` with a freshly built model, then save it (only after the inputs worked)."""
     items, kind = _inputs_for(model.modality, inputs)
     results = model.predict(items, top_k=top_k, device=device)
     if save is not None:
-        model.save(save)
+        model.save(save, overwrite=overwrite)
     _print_predictions(results, kind, top_k, as_json)
     if save is not None and not as_json:
         out.print(f"{what} model ({len(model.label_names)} classes) saved to {save}.")
@@ -468,6 +481,7 @@ def fewshot(
     image_size: Optional[int] = typer.Option(None, help=_HELP["image_size"]),
     metric: str = typer.Option("cosine", help="cosine | euclidean (features centred on the support mean and L2-normalised)"),
     save: Optional[Path] = typer.Option(None, help="save the few-shot model (prototypes) here; add classes later with add_support"),
+    overwrite: bool = typer.Option(False, help="replace an existing model at --save (never a folder that is not a transferkit model)"),
     label_column: Optional[str] = LabelColumn,
     text_column: Optional[str] = TextColumn,
     path_column: Optional[str] = PathColumn,
@@ -479,16 +493,18 @@ def fewshot(
     from .api import load_model_dir
     from .fewshot import prototype_model
 
+    _check_save(save, overwrite)
     bb = load_model_dir(model_dir) if model_dir is not None else backbone
     model = prototype_model(support, backbone=bb, metric=metric, image_size=image_size, backbone_weights=backbone_weights,
                             device=device, loader=_loader(label_column, text_column, path_column, "classification"))
-    _predict_and_save(model, queries, save, top_k, as_json, device, "Few-shot")
+    _predict_and_save(model, queries, save, top_k, as_json, device, "Few-shot", overwrite)
 
 
 @app.command("meta-train")
 def meta_train(
     data: Path = typer.Argument(..., help="labelled base classes (class folders or manifest); novel classes must not be among them"),
     save: Path = typer.Option(..., help="where the meta-trained model is saved (use it as 'fewshot --model')"),
+    overwrite: bool = typer.Option(False, help="replace an existing model at --save (never a folder that is not a transferkit model)"),
     backbone: str = typer.Option("efficientnet_lite0", help=_HELP["backbone"]),
     backbone_weights: Optional[str] = typer.Option(None, help=_HELP["backbone_weights"]),
     image_size: Optional[int] = typer.Option(None, help=_HELP["image_size"]),
@@ -511,11 +527,12 @@ def meta_train(
     """Episodic prototypical-network training of the backbone on base classes ("learning to learn")."""
     from .fewshot import meta_train as api
 
+    _check_save(save, overwrite)
     model = api(data, backbone=backbone, ways=ways, shots=shots, queries=queries, episodes=episodes, lr=lr, weight_decay=weight_decay,
                 metric=metric, train_last=train_last, augment=augment, seed=seed, image_size=image_size,
                 backbone_weights=backbone_weights, device=device, loader=_loader(label_column, text_column, path_column, "classification"),
                 progress=progress)
-    model.save(save)
+    model.save(save, overwrite=overwrite)
     last = model.info["meta_training"]["history"][-1]
     out.print(f"Meta-trained {episodes} episodes in {model.info['meta_training']['seconds']} s (last training episodes: "
               f"loss {last['loss']:.3f}, accuracy {last['accuracy']:.3f}). Saved to {save}; "
@@ -536,6 +553,7 @@ def zeroshot(
     backbone_weights: Optional[str] = typer.Option(None, help=_HELP["backbone_weights"]),
     image_size: Optional[int] = typer.Option(None, help=_HELP["image_size"]),
     save: Optional[Path] = typer.Option(None, help="save the zero-shot model here (it loads like any model)"),
+    overwrite: bool = typer.Option(False, help="replace an existing model at --save (never a folder that is not a transferkit model)"),
     label_column: Optional[str] = LabelColumn,
     text_column: Optional[str] = TextColumn,
     path_column: Optional[str] = PathColumn,
@@ -546,11 +564,12 @@ def zeroshot(
     """Classify INPUTS into classes known only by their names, descriptions or attributes."""
     from .zeroshot import zeroshot_model
 
+    _check_save(save, overwrite)
     model = zeroshot_model(labels, labels_file=labels_file, backbone=backbone, templates=template or None, seen=seen,
                            attributes=attributes, text_encoder=text_encoder, calibration=calibration, image_size=image_size,
                            backbone_weights=backbone_weights, device=device,
                            loader=_loader(label_column, text_column, path_column, "classification"))
-    _predict_and_save(model, inputs, save, top_k, as_json, device, "Zero-shot")
+    _predict_and_save(model, inputs, save, top_k, as_json, device, "Zero-shot", overwrite)
 
 
 def rank_table(report) -> Table:

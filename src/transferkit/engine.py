@@ -7,12 +7,11 @@ with best weights restored, a progress bar, and one JSON line per epoch in the r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import random
-import signal
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -24,11 +23,13 @@ from torch import nn
 
 from .config import FitConfig
 from .data.dataset import TaskData
-from .errors import TransferkitError
+from .errors import ConfigError, Preempted, TransferkitError  # noqa: F401  (Preempted: re-exported)
 from .freezing import frozen_at_epoch, set_frozen_groups
 from .inputs import Augmenter, autocast, length_grouped, make_batch, prepare, resolve_device, to_device
 from .metrics import primary_metric, task_metrics
 from .model import TransferModel
+from .training import preemption, rundir
+from .training.rundir import ensure_free_space, state_bytes, storage_errors
 
 
 class TrainingError(TransferkitError):
@@ -115,50 +116,50 @@ def check_labels(model: TransferModel, data: TaskData) -> None:
         raise TrainingError(f"{data.targets.shape[1]} label columns for a head of size {c}.", "rebuild the head for the label set.")
 
 
-class Preempted(TransferkitError):
-    """SIGTERM/SIGINT during training: the current step finished, a checkpoint was written."""
-
-    exit_code = 75  # EX_TEMPFAIL: run again with --resume
-
-
 DRIFT_REFUSED = ("backbone", "backbone_weights", "strategy", "image_size", "pooling", "max_length", "head")
 
 
-def check_drift(saved: dict[str, Any], cfg: FitConfig, saved_labels: list[str], model: TransferModel) -> list[str]:
-    """Refuse a resume that changes the model or the task; return warnings for other changed options."""
+class ResumeError(ConfigError):
+    """A resume that would change the model or the task (exit 2, before any training)."""
+
+
+def data_fingerprint(train_data: TaskData, val_data: TaskData | None) -> dict[str, Any]:
+    """Sizes and a content digest of the training and validation sets (inputs and targets), so a
+    resume on other data is noticed."""
+    from ._cache import inputs_digest
+
+    out: dict[str, Any] = {}
+    for name, part in (("train", train_data), ("val", val_data)):
+        if part is None:
+            out[f"n_{name}"] = 0
+            continue
+        h = hashlib.sha256(inputs_digest(part.inputs, part.modality).encode())
+        h.update(np.ascontiguousarray(part.targets).tobytes())
+        out[f"n_{name}"], out[f"{name}_digest"] = len(part), h.hexdigest()[:16]
+    return out
+
+
+def check_drift(saved: dict[str, Any], cfg: FitConfig, saved_labels: list[str], model: TransferModel,
+                saved_data: dict[str, Any] | None = None, data: dict[str, Any] | None = None) -> list[str]:
+    """Refuse a resume that changes the model or the task; return warnings for other changed
+    options and for changed training/validation data."""
     changed = {k: (saved.get(k), v) for k, v in cfg.to_dict().items() if k in saved and saved.get(k) != v}
     refused = {k: v for k, v in changed.items() if k in DRIFT_REFUSED}
     if refused or list(saved_labels) != list(model.label_names):
         what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in refused.items()) or f"labels {saved_labels} -> {model.label_names}"
-        raise TrainingError(f"Cannot resume: the run was started with a different model or task ({what}).",
-                            "resume with the original options, or start a new run folder.")
+        raise ResumeError(f"Cannot resume: the run was started with a different model or task ({what}).",
+                          "resume with the original options and data, or start a new run folder.")
     notes = [f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items() if k not in ("checkpoint_every", "keep_checkpoints", "device")]
+    if saved_data and data:
+        for part in ("train", "val"):
+            n0, n1 = saved_data.get(f"n_{part}"), data.get(f"n_{part}")
+            if n0 != n1:
+                notes.append(f"n_{part}: {n0} -> {n1}")
+            elif saved_data.get(f"{part}_digest") != data.get(f"{part}_digest"):
+                notes.append(f"{part} data: same size ({n1}), different content")
     if notes:
         warnings.warn("resuming with changed options (results will differ from an uninterrupted run): " + ", ".join(notes), stacklevel=3)
     return notes
-
-
-class _StopFlag:
-    """Turns SIGTERM/SIGINT into a request to stop after the current step (main thread only)."""
-
-    def __init__(self, enabled: bool):
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-        self.enabled = enabled and threading.current_thread() is threading.main_thread()
-
-    def __enter__(self):
-        if self.enabled:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.signal = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
 
 
 def _truncate_jsonl(path: Path, keep: int) -> None:
@@ -243,10 +244,14 @@ def train(
     gen_resume_state = None
     log_path = run_dir / "metrics.jsonl" if run_dir else None
     steps_path = run_dir / "steps.jsonl" if run_dir else None
+    fingerprint = data_fingerprint(train_data, val_data) if run_dir is not None else None
+    if run_dir is not None:  # room for the model and a checkpoint (weights, best weights, optimiser moments)
+        copies = 1 + 4 * (cfg.keep_checkpoints if interval else 1)
+        ensure_free_space(run_dir, copies * state_bytes(model) + (1 << 20), "the model and its checkpoints")
     if resume:
         ck = checkpoint.load(run_dir)
         st = ck.state
-        check_drift(st["config"], cfg, st["label_names"], model)
+        check_drift(st["config"], cfg, st["label_names"], model, st.get("data"), fingerprint)
         model.load_state_dict({k: v.to(device) for k, v in ck.model_state().items()})
         best_state = ck.best_state()
         opt.load_state_dict(ck.tensors["optimizer"])
@@ -259,20 +264,25 @@ def train(
         _truncate_jsonl(log_path, len(history))
         _truncate_jsonl(steps_path, step)
         checkpoint.set_rng_state(ck.tensors["rng"])
-    elif run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log_path.write_text("")
-        steps_path.write_text("")
+    if run_dir is not None:
+        folder = rundir.opened(run_dir)
+        if folder is not None:
+            folder.begin()  # an earlier run in this folder (--overwrite) is replaced only now
+        if not resume:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            log_path.write_text("")
+            steps_path.write_text("")
 
     def save_checkpoint(epoch: int, batch: int, gen_state: torch.Tensor) -> Path:
         state = {
             "epoch": epoch, "batch": batch, "step": step, "history": history, "epoch_losses": epoch_losses,
             "skipped_steps": skipped, "stopped": stopped, "best_score": best_score, "best_epoch": best_epoch,
             "bad_epochs": bad_epochs, "micro_batch_size": micro, "config": cfg.to_dict(), "label_names": model.label_names,
-            "backbone": backbone.name, "task": model.task,
+            "backbone": backbone.name, "task": model.task, "data": fingerprint,
         }
         tensors = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "generator": gen_state, "rng": checkpoint.rng_state()}
-        return checkpoint.save(run_dir, step, model, best_state, tensors, state, keep=cfg.keep_checkpoints)
+        with storage_errors(run_dir / "checkpoints"):
+            return checkpoint.save(run_dir, step, model, best_state, tensors, state, keep=cfg.keep_checkpoints)
 
     def forward_backward(idx: torch.Tensor) -> torch.Tensor:
         """Loss of one optimiser step, gradients accumulated over micro-batches of ``micro`` samples.
@@ -307,7 +317,9 @@ def train(
                 warnings.warn(f"out of memory: retrying with micro-batches of {micro} (gradient accumulation keeps the batch at {bs})", stacklevel=2)
 
     bar = progress_bar(progress)
-    with bar, _StopFlag(run_dir is not None) as stop:
+    outer = preemption.active()  # the whole run's (api.fit), or our own for the training alone
+    with bar, (contextlib.nullcontext(outer) if outer is not None else preemption.StopSignal(run_dir is not None)) as stop:
+        stop.defer()  # from the first step on: finish the step, checkpoint, then stop
         task_id = bar.add_task("train", total=total, info="", completed=step)
         for epoch in range(start_epoch, cfg.epochs):
             if stopped:
@@ -359,10 +371,13 @@ def train(
                 bar.update(task_id, advance=1, info=f"epoch {epoch + 1}/{cfg.epochs} loss {np.mean(epoch_losses):.3f}")
                 if interval and interval[1] == "step" and step % interval[0] == 0:
                     save_checkpoint(epoch, b + 1, gen_epoch_state)
+                if stop.signal is not None and run_dir is None:
+                    raise Preempted(f"Stopped by signal {stop.signal} after step {step}; nothing was saved (no run folder).",
+                                    "pass --out RUN_DIR to get a checkpoint you can resume from.")
                 if stop.signal is not None:
                     path = save_checkpoint(epoch, b + 1, gen_epoch_state)
                     raise Preempted(f"Stopped by signal {stop.signal} after step {step}; checkpoint saved to {path}.",
-                                    f"continue with: transferkit fit ... --resume {run_dir}")
+                                    f"continue with: transferkit fit DATA --resume {run_dir}")
             record: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "train_loss": float(np.mean(epoch_losses)) if epoch_losses else float("nan"),
@@ -406,6 +421,11 @@ def train(
             stopped = bool(best_score is not None and cfg.patience and bad_epochs >= cfg.patience)
             if interval and interval[1] == "epoch" and (epoch + 1) % interval[0] == 0:
                 save_checkpoint(epoch + 1, 0, gen.get_state())
+            if stop.signal is not None and run_dir is not None and not stopped and epoch + 1 < cfg.epochs:
+                # a signal during validation: stop at the epoch boundary (after the last epoch, the run saves first)
+                path = save_checkpoint(epoch + 1, 0, gen.get_state())
+                raise Preempted(f"Stopped by signal {stop.signal} after epoch {epoch + 1}; checkpoint saved to {path}.",
+                                f"continue with: transferkit fit DATA --resume {run_dir}")
             if stopped:
                 bar.update(task_id, completed=total)
                 break

@@ -28,3 +28,15 @@ class ConfigError(TransferkitError):
 
 class ModelLoadError(TransferkitError):
     """A saved model folder that cannot be loaded."""
+
+
+class StorageError(TransferkitError):
+    """The disk is full (or not writable) where transferkit has to write: nothing half-written is left."""
+
+    exit_code = 74  # EX_IOERR
+
+
+class Preempted(TransferkitError):
+    """SIGTERM/SIGINT: the run stopped cleanly (a checkpoint or the model was written first, when there was one)."""
+
+    exit_code = 75  # EX_TEMPFAIL: run again (with --resume when a checkpoint was written)

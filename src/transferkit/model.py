@@ -170,15 +170,22 @@ class TransferModel(nn.Module):
             "info": self.info,
         }
 
-    def save(self, folder: str | Path) -> Path:
-        """Write the model folder atomically: either the old folder or the complete new one exists."""
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
+        """Write the model folder atomically: either the old folder or the complete new one exists.
+
+        ``folder`` must not exist, be empty, or (with ``overwrite=True``) hold a saved model; a file or
+        a folder holding anything else is never replaced (``RunFolderError``). A full disk gives a
+        ``StorageError`` naming the folder, and nothing half-written is left."""
         from safetensors.torch import save_model
 
         from ._io import atomic_dir
+        from .training.rundir import check_model_target, ensure_free_space, state_bytes, storage_errors
 
         folder = Path(folder)
+        check_model_target(folder, overwrite=overwrite)
+        ensure_free_space(folder.parent, int(state_bytes(self) * 1.05) + (1 << 20), "the model")
         self.cpu()
-        with atomic_dir(folder) as tmp:
+        with storage_errors(folder), atomic_dir(folder) as tmp:
             skip = _recipe_state_keys(self)
             if skip:  # weights the backbone rebuilds from its recipe (a LoRA base) are not stored
                 from safetensors.torch import save_file

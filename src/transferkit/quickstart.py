@@ -39,8 +39,14 @@ def embedded_emoji(label: str = "category") -> tuple[TaskData, TaskData]:
 
 
 def run(out_dir: Path, *, image_size: int | None = None, epochs: int | None = None, device: str = "auto",
-        progress: bool = True, console=None, seeds: int = 1) -> dict:
+        progress: bool = True, console=None, seeds: int = 1, overwrite: bool = True) -> dict:
+    """``overwrite``: replace the model a previous quickstart saved in ``out_dir/model`` (anything
+    else there is refused before training)."""
     from rich.console import Console
+
+    from .training.rundir import check_model_target
+
+    check_model_target(Path(out_dir) / "model", overwrite=overwrite, option="--out")
 
     from .api import compare
     from .cli import comparison_table
@@ -69,7 +75,7 @@ def run(out_dir: Path, *, image_size: int | None = None, epochs: int | None = No
                   splits=(train, val, test), progress=progress, on_result=done)
     console.print(comparison_table(cmp, "transfer vs training from scratch (held-out Google emoji)"))
     best = cmp.best()
-    path = cmp.models[best].save(Path(out_dir) / "model")
+    path = cmp.models[best].save(Path(out_dir) / "model", overwrite=overwrite)
     example = test.inputs[0]
     console.print(f"Best: {best} ({cmp.row(best).mean:.3f} test accuracy). Saved to {path}. Total {time.perf_counter() - t0:.0f} s.")
     console.print(f"Predict with:  transferkit predict {path} {example}")

@@ -102,6 +102,7 @@ def adapt(
     baseline: bool = True,
     diagnostics: bool = True,
     out: str | Path | None = None,
+    overwrite: bool = False,
     progress: bool = True,
     loader: dict[str, Any] | None = None,
     target_labels_for_report: np.ndarray | None = None,
@@ -115,7 +116,22 @@ def adapt(
     ``overrides``: ``AdaptConfig`` fields (``method=``, ``select=``...) and ``FitConfig`` fields.
     ``target_labels_for_report``: labels of ``target`` in its order, to report the accuracy of the
     pseudo-labels (read after training only).
+
+    ``out``: a run folder (new, empty, or an earlier run replaced with ``overwrite=True``; locked
+    while the run works) for the adapted model and ``report.json``.
     """
+    kw = dict(target_test=target_test, config=config, adapt_config=adapt_config, seeds=seeds, baseline=baseline,
+              diagnostics=diagnostics, progress=progress, loader=loader, target_labels_for_report=target_labels_for_report)
+    if out is None:
+        return _adapt(source, target, folder=None, **kw, **overrides)
+    from ..training.rundir import RunFolder
+
+    with RunFolder(out, overwrite=overwrite) as folder:
+        return _adapt(source, target, folder=folder, **kw, **overrides)
+
+
+def _adapt(source, target, *, target_test, config, adapt_config, seeds, baseline, diagnostics, folder, progress, loader,
+           target_labels_for_report, **overrides: Any) -> AdaptResult:
     from ..api import prepare_splits
 
     a_keys = set(AdaptConfig.__dataclass_fields__)
@@ -173,12 +189,15 @@ def adapt(
     if diagnostics:
         report["proxy_a_distance"] = domain_gap(train_data, target, cfg, {m: first_models[m] for m in methods})
     adapted.info.update({"adaptation_report": {k: v for k, v in report.items() if k != "fit_config"}, "fit_config": cfg.to_dict()})
-    run_dir = Path(out) if out is not None else None
-    if run_dir is not None:
+    run_dir = folder.path if folder is not None else None
+    if folder is not None:
         from .._io import atomic_write_json
+        from ..training.rundir import storage_errors
 
-        adapted.save(run_dir / "model")
-        atomic_write_json(run_dir / "report.json", report)
+        folder.begin()
+        adapted.save(run_dir / "model", overwrite=True)
+        with storage_errors(run_dir / "report.json"):
+            atomic_write_json(run_dir / "report.json", report)
     return AdaptResult(adapted, rows, report, run_dir)
 
 
