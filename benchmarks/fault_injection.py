@@ -282,7 +282,7 @@ def _kill_and_resume(b: Bench, rng: random.Random, sig: int) -> dict:
     root = run / "checkpoints"
     at = 0
     if (root / "latest").is_file():
-        import transferkit.checkpoint as ck
+        import transferkit.training.checkpoint as ck
 
         try:
             at = ck.load(run).state["step"]

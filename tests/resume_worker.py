@@ -10,11 +10,11 @@ import torch
 
 torch.set_num_threads(1)
 
-import transferkit.engine as engine  # noqa: E402
+import transferkit.inputs as inputs  # noqa: E402  (the trainer cuts its batches with inputs.make_batch)
 from transferkit.cli import main  # noqa: E402
 
 delay = float(sys.argv[1])
-_make_batch = engine.make_batch
+_make_batch = inputs.make_batch
 
 
 def slow_make_batch(*args, **kwargs):
@@ -22,5 +22,5 @@ def slow_make_batch(*args, **kwargs):
     return _make_batch(*args, **kwargs)
 
 
-engine.make_batch = slow_make_batch
+inputs.make_batch = slow_make_batch
 sys.exit(main(sys.argv[3:]))

@@ -268,9 +268,9 @@ def test_bad_option_values_are_one_line_config_errors(field, value, option):
 
 
 def test_target_pattern_matching_nothing_is_refused(env, images, image_cfg, monkeypatch):
-    import transferkit.engine as engine
+    import transferkit.inputs as inputs
 
-    monkeypatch.setattr(engine, "make_batch", lambda *a, **k: pytest.fail("training started"))
+    monkeypatch.setattr(inputs, "make_batch", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(ConfigError) as e:
         _fit(images, image_cfg.replace(lora_targets="no_such_layer"))
     msg = str(e.value)

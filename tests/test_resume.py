@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import transferkit as tk
-from transferkit import checkpoint
+from transferkit.training import checkpoint
 from transferkit.cli import main
 from transferkit.errors import ModelLoadError, TransferkitError
 
@@ -150,9 +150,9 @@ def test_resume_reports_config_drift(images, tiny_timm_weights, tmp_path):
 
 
 def test_nan_at_step_k_stops_and_keeps_last_good_checkpoint(images, tiny_timm_weights, tmp_path, monkeypatch):
-    import transferkit.engine as engine
+    import transferkit.training.trainer as trainer
 
-    real = engine._loss_fn
+    real = trainer.loss_function
     calls = {"n": 0}
 
     def poisoned(task, smoothing):
@@ -165,7 +165,7 @@ def test_nan_at_step_k_stops_and_keeps_last_good_checkpoint(images, tiny_timm_we
 
         return loss
 
-    monkeypatch.setattr(engine, "_loss_fn", poisoned)
+    monkeypatch.setattr(trainer, "loss_function", poisoned)
     run = tmp_path / "run"
     with pytest.raises(TransferkitError, match=r"step 7 \(epoch 1, batch 7"):
         tk.fit(str(images), out=run, progress=False, **dict(backbone="timm/test_efficientnet", backbone_weights=str(tiny_timm_weights),

@@ -17,15 +17,15 @@ import torch
 
 import transferkit
 from transferkit import FitConfig, TaskData
-from transferkit.engine import param_groups
+from transferkit.training.optim import param_groups
 from transferkit.errors import TransferkitError
-from transferkit.freezing import frozen_at_epoch
+from transferkit.training.callbacks.freezing import frozen_at_epoch
 from transferkit.strategies import STRATEGIES, get_strategy
 from transferkit.strategies.base import make_backbone, new_model
 
 pytest.importorskip("timm")
 
-engine = importlib.import_module("transferkit.engine")
+engine = importlib.import_module("transferkit.training.trainer")  # the training loop
 STRATEGY_NAMES = STRATEGIES.names()
 # the contract below is for strategies that train one model on one label column with one backbone;
 # multitask (several label columns) and stack (several backbones) have their own tests
@@ -235,7 +235,7 @@ def test_labels_outside_the_head_are_refused_before_training(name, extra, image_
     def boom(*a, **k):
         raise AssertionError("training/feature extraction started before the labels were checked")
 
-    monkeypatch.setattr(engine, "make_batch", boom)
+    monkeypatch.setattr(importlib.import_module("transferkit.inputs"), "make_batch", boom)
     monkeypatch.setattr(importlib.import_module("transferkit.strategies.linear_probe"), "extract_features", boom)
     for bad in (len(train.label_names), -1):
         targets = train.targets.copy()

@@ -26,6 +26,7 @@ class FitResult:
     seconds: float
     run_dir: Path | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    main: bool = True  # False on the other processes of a distributed run (they evaluate and save nothing)
 
 
 def _as_data(data, loader_kw: dict[str, Any], label_names: list[str] | None = None, keep_bad_samples: bool = False) -> TaskData:
@@ -89,6 +90,7 @@ def fit(
     loader: dict[str, Any] | None = None,
     splits: tuple[TaskData, TaskData | None, TaskData | None] | None = None,
     resume: str | Path | None = None,
+    callbacks: Sequence[Any] = (),
     **overrides: Any,
 ) -> FitResult:
     """Train a transferred model.
@@ -106,13 +108,18 @@ def fit(
 
     SIGTERM/SIGINT stop the run with ``Preempted`` (exit code 75): before training with nothing
     written; during training after a checkpoint; after training once the model is saved.
+
+    ``callbacks``: your own ``transferkit.training.Callback`` objects, called by the training loop
+    next to its own (strategies fitted in closed form, such as the default linear probe, have no
+    loop and do not call them).
     """
     from .errors import ConfigError, Preempted
     from .training.preemption import StopSignal
     from .training.rundir import RunFolder, check_run_target
+    from .training.runtime import main_process
 
     if resume is not None:
-        from . import checkpoint
+        from .training import checkpoint
 
         if out is not None and Path(out) != Path(resume):
             raise ConfigError(f"--out {out} differs from --resume {resume}.", "a resumed run continues in its own folder; drop --out.")
@@ -123,16 +130,19 @@ def fit(
     cfg = (config or FitConfig()).replace(**overrides) if overrides else (config or FitConfig())
     strategy = get_strategy(cfg.strategy)  # unknown names fail before any work
     run_dir = Path(out) if out is not None else None
-    if run_dir is not None:
+    writer = run_dir is not None and main_process()  # with several processes only the first writes
+    if writer:
         check_run_target(run_dir, resume=resume is not None, overwrite=overwrite)  # before any work
-    folder = RunFolder(run_dir, resume=resume is not None, overwrite=overwrite) if run_dir is not None else contextlib.nullcontext()
+    folder = RunFolder(run_dir, resume=resume is not None, overwrite=overwrite) if writer else contextlib.nullcontext()
     with StopSignal() as stop, folder:
         if splits is not None:  # sets built by the caller are screened too (no-op when prepare_splits made them)
             splits = screen_splits(*splits, cfg)
         train, val, test = splits or prepare_splits(data, val_data, test_data, cfg, **(loader or {}))
         t0 = time.perf_counter()
-        model = strategy.fit(train, val, cfg, run_dir=run_dir, progress=progress, resume=resume is not None)
+        model = strategy.fit(train, val, cfg, run_dir=run_dir, progress=progress, resume=resume is not None, callbacks=callbacks)
         seconds = time.perf_counter() - t0
+        if not main_process():  # the first process evaluates and saves
+            return FitResult(model, {}, seconds, run_dir, model.info.get("history", []), main=False)
         stop.defer()  # training is over: a signal from now on lets the model be saved first
         metrics: dict[str, dict[str, Any]] = {}
         not_evaluated = []

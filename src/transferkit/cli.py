@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .config import AdaptConfig, FitConfig
-from .errors import TransferkitError
+from .errors import Preempted, TransferkitError
 
 app = typer.Typer(
     add_completion=False,
@@ -153,10 +153,12 @@ def fit(
     if resume is not None:
         out_dir = resume
         res = api_fit(data, val_data=val_data, test_data=test_data, resume=resume, progress=progress, loader=loader, **explicit)
-        cfg = FitConfig.from_dict(res.model.info["fit_config"])
     else:
         res = api_fit(data, val_data=val_data, test_data=test_data, out=out_dir, overwrite=overwrite, config=cfg, progress=progress,
                       loader=loader)
+    if not res.main:  # another process of a distributed run: the first one reports
+        return
+    cfg = FitConfig.from_dict(res.model.info["fit_config"])
     _warn_skipped(res.model.info.get("skipped_samples"), data, out_dir / "report.json")
     out.print(_metrics_table(f"{cfg.strategy} on {cfg.backbones or cfg.backbone} ({res.seconds:.1f} s)", res.metrics))
     out.print(f"Model saved to {out_dir / 'model'}. Predict with: transferkit predict {out_dir / 'model'} INPUTS...")
@@ -678,7 +680,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     try:
         rc = app(args=argv, prog_name="transferkit", standalone_mode=False)  # typer.Exit(n) in a command returns n
-    except TransferkitError as e:
+    except (TransferkitError, Preempted) as e:
         if debug:
             raise
         err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)

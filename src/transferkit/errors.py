@@ -36,7 +36,15 @@ class StorageError(TransferkitError):
     exit_code = 74  # EX_IOERR
 
 
-class Preempted(TransferkitError):
-    """SIGTERM/SIGINT: the run stopped cleanly (a checkpoint or the model was written first, when there was one)."""
+class Preempted(BaseException):
+    """SIGTERM/SIGINT: the run stopped cleanly (a checkpoint or the model was written first, when there was one).
+
+    A ``BaseException`` (as ``KeyboardInterrupt``): code that catches ``Exception`` to report a bad
+    file or model must not swallow a stop request."""
 
     exit_code = 75  # EX_TEMPFAIL: run again (with --resume when a checkpoint was written)
+
+    def __init__(self, message: str, fix: str | None = None):
+        self.message = message
+        self.fix = fix
+        super().__init__(f"{message} Fix: {fix}" if fix else message)

@@ -40,7 +40,7 @@ def compute_layer_features(
     """Pooled features ``{layer: [N, D_layer]}`` (float32, input order) at the named feature points
     (``"output"``: the backbone's own features), all from one forward pass per batch. Texts are
     batched by length, so short texts are not padded to long ones (about 5x faster on fortunes)."""
-    from .engine import progress_bar
+    from .training.callbacks.progress import progress_bar
 
     dev = resolve_device(device) if isinstance(device, str) else device
     prepared = to_device(prepare(backbone, inputs, device=dev), dev)

@@ -147,7 +147,9 @@ def fit_mapping(features: torch.Tensor, labels: torch.Tensor, class_vectors: tor
     x = features.float() - mean
     v = nn.functional.normalize(class_vectors.float(), dim=-1)
     w = nn.Parameter(torch.randn(v.shape[1], x.shape[1], generator=g) / x.shape[1] ** 0.5)
-    opt = torch.optim.AdamW([w], lr=lr, weight_decay=weight_decay)
+    from .training.optim import adamw
+
+    opt = adamw([{"params": [w], "weight_decay": weight_decay}], lr)
     for _ in range(steps):
         logits = scale * nn.functional.normalize(x @ w.T, dim=-1) @ v.T
         loss = nn.functional.cross_entropy(logits, labels)

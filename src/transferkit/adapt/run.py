@@ -17,11 +17,12 @@ import numpy as np
 
 from ..config import AdaptConfig, FitConfig
 from ..data.dataset import TaskData, load_data, load_unlabelled
-from ..engine import seed_everything, train
+from ..training import seed_everything, train
 from ..errors import DataError
 from ..model import TransferModel
 from ..strategies.base import make_backbone, new_model
 from .base import METHODS, Adaptation, parse_methods, resolve_method
+from .callback import AdaptationLoss, DomainAdaptation
 
 
 def fit_adapted(train_data: TaskData, val: TaskData | None, target: TaskData, cfg: FitConfig, acfg: AdaptConfig,
@@ -39,7 +40,8 @@ def fit_adapted(train_data: TaskData, val: TaskData | None, target: TaskData, cf
         from ..errors import ConfigError
 
         raise ConfigError("--select source-val needs a source validation set.", "keep --val-fraction above 0 or use --select snd.")
-    history = train(model, train_data, val, cfg, progress=progress, adaptation=ada)
+    hooks = dict(callbacks=[DomainAdaptation(ada)], loss_terms=[AdaptationLoss(ada)]) if ada is not None else {}
+    history = train(model, train_data, val, cfg, progress=progress, **hooks)
     info: dict[str, Any] = {"method": acfg.method, "adapt_config": acfg.to_dict(), "selection": acfg.select if ada else "source-val"}
     if ada is not None:
         ada.finalize(model)

@@ -66,8 +66,9 @@ def meta_train(
     base classes.
     """
     from ..data.dataset import TaskData, load_data
-    from ..engine import progress_bar, seed_everything, warmup_cosine
-    from ..freezing import set_frozen_groups
+    from ..training import seed_everything
+    from ..training.callbacks import progress_bar, set_frozen_groups
+    from ..training.optim import adamw, clip_gradients, decay_groups, scheduler
     from ..inputs import Augmenter, autocast, make_batch, prepare, resolve_device, to_device
 
     if metric not in METRICS:
@@ -83,9 +84,8 @@ def meta_train(
     frozen_norms = set_frozen_groups(bb, 0 if train_last is None else max(0, len(groups) - int(train_last)))
     params = [p for p in bb.parameters() if p.requires_grad]
     log_scale = nn.Parameter(torch.tensor(math.log(10.0), device=dev))
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-                             {"params": [p for p in params if p.ndim <= 1] + [log_scale], "weight_decay": 0.0}], lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, int(warmup * episodes)), episodes))
+    opt = adamw(decay_groups(params, None, weight_decay, no_decay=[log_scale]), lr)
+    sched = scheduler(opt, "cosine", episodes, warm_steps=max(1, int(warmup * episodes)))
     prepared = to_device(prepare(bb, d.inputs, device=dev), dev)
     aug = Augmenter(bb.preprocess, device=dev) if augment and bb.modality == "image" else None
     bb.to(dev).train()
@@ -106,7 +106,7 @@ def meta_train(
             loss = nn.functional.cross_entropy(logits, targets)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 5.0)
+            clip_gradients(params)
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))

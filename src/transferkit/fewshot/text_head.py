@@ -70,6 +70,7 @@ def finetune_encoder(backbone, texts: Sequence[str], labels: Sequence[int] | np.
     with a class-vector head ``w`` started at ``init_vectors`` and pulled back towards them
     (``reg * sum ||w - w0||^2 / C``). Returns one record per epoch (mean loss, seconds)."""
     from ..inputs import resolve_device
+    from ..training.optim import adamw, clip_gradients, decay_groups, scheduler
 
     if epochs < 1 or batch_size < 1 or lr <= 0:
         raise ConfigError("epochs, batch_size and lr must be positive.", "e.g. epochs=10, batch_size=16, lr=1e-4.")
@@ -79,16 +80,11 @@ def finetune_encoder(backbone, texts: Sequence[str], labels: Sequence[int] | np.
     w0 = nn.functional.normalize(init_vectors.float(), dim=-1).to(dev)
     w = nn.Parameter(w0.clone())
     params = [p for p in backbone.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([
-        {"params": [p for p in params if p.ndim > 1], "lr": lr, "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim <= 1], "lr": lr, "weight_decay": 0.0},
-        {"params": [w], "lr": head_lr, "weight_decay": 0.0},
-    ])
+    opt = adamw(decay_groups(params, lr, weight_decay) + [{"params": [w], "lr": head_lr, "weight_decay": 0.0}], lr)
     n = len(texts)
     per_epoch = (n + batch_size - 1) // batch_size
     total = epochs * per_epoch
-    warm = max(1, int(warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (total - s) / total))
+    sched = scheduler(opt, "linear", total, warm_steps=max(1, int(warmup * total)))
     gen = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)  # dropout
     backbone.to(dev).train()
@@ -104,7 +100,7 @@ def finetune_encoder(backbone, texts: Sequence[str], labels: Sequence[int] | np.
             loss = nn.functional.cross_entropy(logits, y[idx].to(dev)) + reg * (w - w0).pow(2).sum() / len(w0)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params + [w], 5.0)
+            clip_gradients(params + [w])
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))

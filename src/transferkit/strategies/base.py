@@ -25,9 +25,11 @@ class Strategy(Protocol):
 
     def fit(
         self, train: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True,
-        resume: bool = False,
+        resume: bool = False, callbacks=(),
     ) -> TransferModel:
-        """Train and return a model; ``resume=True`` continues from ``run_dir``'s newest checkpoint."""
+        """Train and return a model; ``resume=True`` continues from ``run_dir``'s newest checkpoint;
+        ``callbacks`` (``transferkit.training.Callback``) join the training loop's own, for the
+        strategies that train with it (linear probes and stacks fitted in closed form have none)."""
 
 
 STRATEGIES: Registry[type] = Registry("strategy")

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import FitConfig
 from ..data.dataset import TaskData
-from ..engine import check_labels, seed_everything
+from ..training import check_labels, seed_everything
 from ..features import extract_features
 from ..metrics import primary_metric, task_metrics
 from ..model import TransferModel
@@ -106,7 +106,7 @@ def fit_probe_head(
 class LinearProbe:
     description = "feature extraction: frozen backbone, embeddings cached on disk, a new head (logistic regression by default)"
 
-    def fit(self, train_data: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True, resume: bool = False) -> TransferModel:
+    def fit(self, train_data: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True, resume: bool = False, callbacks=()) -> TransferModel:
         seed_everything(cfg.seed)
         backbone = make_backbone(cfg, pretrained=True)
         model = new_model(backbone, train_data, cfg, self.name, kind="mlp" if cfg.head == "mlp" else "linear")
@@ -139,12 +139,13 @@ class LinearProbe:
 
     @staticmethod
     def _fit_torch(model, f_train, data, f_val, val, cfg) -> None:
-        from ..engine import _loss_fn, _targets
+        from ..training.optim import adamw
+        from ..training.trainer import loss_function, targets_tensor
 
         head = model.head
-        opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        loss_fn = _loss_fn(data.task, cfg.label_smoothing)
-        y = _targets(data.task, data.targets, torch.device("cpu"))
+        opt = adamw([{"params": list(head.parameters()), "weight_decay": cfg.weight_decay}], cfg.lr)  # decay on every head weight
+        loss_fn = loss_function(data.task, cfg.label_smoothing)
+        y = targets_tensor(data.task, data.targets, torch.device("cpu"))
         gen = torch.Generator().manual_seed(cfg.seed)
         metric, higher = primary_metric(data.task)
         best, best_state = None, None

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..backbones.lora import LoraBackbone, lora_backbone, merge
 from ..config import FitConfig
 from ..data.dataset import TaskData
-from ..engine import TrainingError, seed_everything, train
+from ..training import TrainingError, seed_everything, train
 from ..model import TransferModel
 from .base import new_model, register_strategy
 from .linear_probe import fit_probe_head
@@ -39,7 +39,8 @@ def parameter_info(model: TransferModel) -> dict[str, int]:
 
 def _check_resume(run_dir: Path | None, cfg: FitConfig) -> None:
     """The LoRA options shape the model: a resumed run must keep them (the engine checks the others)."""
-    from ..checkpoint import find_latest
+    from ..training.callbacks.checkpointing import ResumeError
+    from ..training.checkpoint import find_latest
 
     path = find_latest(run_dir) if run_dir is not None else None
     if path is None:
@@ -48,7 +49,7 @@ def _check_resume(run_dir: Path | None, cfg: FitConfig) -> None:
     changed = {k: (saved[k], getattr(cfg, k)) for k in LORA_OPTIONS if k in saved and saved[k] != getattr(cfg, k)}
     if changed:
         what = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        raise TrainingError(f"Cannot resume: the run was started with other LoRA options ({what}).",
+        raise ResumeError(f"Cannot resume: the run was started with other LoRA options ({what}).",
                             "resume with the original options, or start a new run folder.")
 
 
@@ -60,7 +61,7 @@ class LoRA:
     )
 
     def fit(self, train_data: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True,
-            resume: bool = False) -> TransferModel:
+            resume: bool = False, callbacks=()) -> TransferModel:
         if resume:
             _check_resume(run_dir, cfg)
         seed_everything(cfg.seed)  # the head's and the adapters' init follow --seed
@@ -70,5 +71,5 @@ class LoRA:
         model.info["lora"] = {"r": cfg.lora_r, "alpha": cfg.lora_alpha, "dropout": cfg.lora_dropout,
                               "adapted_layers": len(model.backbone.target_modules)}
         model.info.update(parameter_info(model))
-        model.info["history"] = train(model, train_data, val, cfg, run_dir=run_dir, progress=progress, resume=resume)
+        model.info["history"] = train(model, train_data, val, cfg, run_dir=run_dir, progress=progress, resume=resume, callbacks=callbacks)
         return model

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from ..config import FitConfig
 from ..data.dataset import TaskData
-from ..engine import seed_everything, train
+from ..training import seed_everything, train
 from ..errors import ConfigError, DataError
 from ..model import TransferModel
 from ..multitask import MultiTaskHead, multitask_spec
@@ -36,7 +36,7 @@ class MultiTask:
     )
 
     def fit(self, train_data: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None,
-            progress: bool = True, resume: bool = False) -> TransferModel:
+            progress: bool = True, resume: bool = False, callbacks=()) -> TransferModel:
         if train_data.task != "multitask" or not train_data.tasks:
             raise DataError("The multitask strategy needs data with several label columns.",
                             "pass --tasks col1,col2 (Python: loader={'tasks': 'col1,col2'}).")
@@ -48,7 +48,7 @@ class MultiTask:
                               weights, cfg.label_smoothing)
         model = TransferModel(backbone, MultiTaskHead(spec), head_spec=spec, task="multitask",
                               label_names=list(train_data.label_names), strategy=self.name)
-        model.info["history"] = train(model, train_data, val, cfg, run_dir=run_dir, progress=progress, resume=resume)
+        model.info["history"] = train(model, train_data, val, cfg, run_dir=run_dir, progress=progress, resume=resume, callbacks=callbacks)
         model.info["task_weights"] = dict(zip(train_data.label_names, (
             model.head.log_vars.detach().neg().exp().tolist() if cfg.mt_weighting == "uncertainty" else model.head.weights.tolist())))
         return model

@@ -34,7 +34,7 @@ from ..backbones.concat import ConcatBackbone
 from ..backbones.layers import CutBackbone
 from ..config import FitConfig
 from ..data.dataset import TaskData
-from ..engine import check_labels, seed_everything
+from ..training import check_labels, seed_everything
 from ..errors import ConfigError, DataError
 from ..features import extract_features, extract_layer_features
 from ..heads import head_spec, make_head
@@ -184,7 +184,7 @@ class Stack:
     description = "model stacking: several frozen backbones (--backbones a,b); --stack concat (one head on their features) | oof (meta-learner)"
 
     def fit(self, train: TaskData, val: TaskData | None, cfg: FitConfig, *, run_dir: Path | None = None, progress: bool = True,
-            resume: bool = False) -> TransferModel:
+            resume: bool = False, callbacks=()) -> TransferModel:
         if cfg.stack == "oof" and train.task != "classification":
             raise ConfigError(f"--stack oof needs single-label classification (the task is {train.task}).", "use --stack concat.")
         seed_everything(cfg.seed)

@@ -38,11 +38,15 @@ class StopSignal:
         _ACTIVE.append(self)
         return self
 
-    def __exit__(self, *exc) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> bool:
         if _ACTIVE and _ACTIVE[-1] is self:
             _ACTIVE.pop()
+        from .runtime import distributed_env
+
         for sig, old in self._old.items():
-            signal.signal(sig, old)
+            # one of several processes leaving on an error: the launcher's SIGTERM to the others must
+            # not kill this one before it has said why it stopped
+            signal.signal(sig, signal.SIG_IGN if (exc is not None and distributed_env()) else old)
         self._old = {}
         return False
 

@@ -1,13 +1,17 @@
-"""Layer-group freezing: frozen parameters get no gradient and frozen BatchNorm stays in eval mode."""
+"""Layer-group freezing: frozen parameters get no gradient and frozen BatchNorm stays in eval mode.
+
+``LayerFreezing`` applies ``--freeze N`` (the first N groups, for the whole run) and ``--unfreeze
+gradual`` (head first, then one more group from the output side per ``--unfreeze-every`` epochs).
+"""
 
 from __future__ import annotations
 
 from torch import nn
 
-from .backbones.base import Backbone
+from .base import Callback, register_callback
 
 
-def set_frozen_groups(backbone: Backbone, n_frozen: int) -> list[nn.Module]:
+def set_frozen_groups(backbone, n_frozen: int) -> list[nn.Module]:
     """Freeze the first ``n_frozen`` layer groups (input side), unfreeze the rest.
 
     Returns the normalisation modules whose parameters are all frozen; callers keep those in eval
@@ -39,3 +43,25 @@ def frozen_at_epoch(epoch: int, n_groups: int, freeze: int, unfreeze: str, every
         return freeze
     stage = epoch // every
     return max(freeze, n_groups - stage)
+
+
+@register_callback("layer_freezing")
+class LayerFreezing(Callback):
+    order = 10  # after adaptation's epoch start (which predicts), before train mode is used
+
+    def __init__(self, freeze: int = 0, unfreeze: str = "none", every: int = 1):
+        self.freeze, self.unfreeze, self.every = freeze, unfreeze, every
+        self._norms: list[nn.Module] = []
+
+    def on_epoch_start(self, trainer) -> None:
+        backbone = trainer.model.backbone
+        n = frozen_at_epoch(trainer.state.epoch, len(backbone.layer_groups()), self.freeze, self.unfreeze, self.every)
+        self._norms = set_frozen_groups(backbone, n)
+        trainer.state.frozen_groups = n
+
+    def on_train_mode(self, trainer) -> None:
+        for m in self._norms:
+            m.eval()
+
+    def on_fit_end(self, trainer) -> None:
+        set_frozen_groups(trainer.model.backbone, 0)

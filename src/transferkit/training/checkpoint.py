@@ -4,10 +4,11 @@ Layout under ``RUN_DIR/checkpoints/``::
 
     step-00000120/            one complete checkpoint (renamed into place only when complete)
         model.safetensors     model weights
-        best.safetensors      best-so-far weights (early stopping), when there are any
+        best.safetensors      other tensors of the run (here: the best-so-far weights), one file each
         optim.pt              optimiser + scheduler state and RNG states (tensors and plain
                               Python values only; read back with ``torch.load(weights_only=True)``)
-        state.json            position (epoch, step), early-stopping state, history, config
+        state.json            the trainer's state (position, history), every callback's state,
+                              config, label names, a fingerprint of the data, checksums
     latest                    name of the newest complete checkpoint; moved only after it is complete
 
 A crash while writing leaves a ``.step-*.tmp`` folder that is ignored and cleaned up later; a
@@ -28,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._cache import file_digest
-from ._io import atomic_dir, atomic_write_bytes
-from .errors import ModelLoadError
+from .._cache import file_digest
+from .._io import atomic_dir, atomic_write_bytes
+from ..errors import ModelLoadError
 
 FILES = ("model.safetensors", "optim.pt", "state.json")
 
@@ -67,22 +68,14 @@ class Checkpoint:
     path: Path
     state: dict[str, Any]  # state.json
     tensors: dict[str, Any]  # optim.pt
-    model: dict[str, torch.Tensor] | None = None  # model.safetensors, read by ``load``
-    best: dict[str, torch.Tensor] | None = None  # best.safetensors, when there is one
+    model: dict[str, torch.Tensor]  # model.safetensors
+    files: dict[str, dict[str, torch.Tensor]]  # the other .safetensors files, by name ("best": ...)
 
     def model_state(self) -> dict[str, torch.Tensor]:
-        if self.model is None:
-            from safetensors.torch import load_file
-
-            self.model = load_file(str(self.path / "model.safetensors"))
         return self.model
 
     def best_state(self) -> dict[str, torch.Tensor] | None:
-        if self.best is None and (self.path / "best.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            self.best = load_file(str(self.path / "best.safetensors"))
-        return self.best
+        return self.files.get("best")
 
 
 def _complete(folder: Path) -> bool:
@@ -96,9 +89,10 @@ def _complete(folder: Path) -> bool:
         return False
 
 
-def save(run_dir: Path, step: int, model: torch.nn.Module, best_state: dict | None, tensors: dict[str, Any],
-         state: dict[str, Any], keep: int = 2) -> Path:
-    """Write checkpoint ``step`` atomically, move ``latest`` to it, keep the newest ``keep``."""
+def save(run_dir: Path, step: int, model: torch.nn.Module, tensors: dict[str, Any], state: dict[str, Any],
+         files: dict[str, dict[str, torch.Tensor]] | None = None, keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically (``files``: more tensors, one ``NAME.safetensors`` each),
+    move ``latest`` to it, keep the newest ``keep``."""
     from safetensors.torch import save_file
 
     root = Path(run_dir) / "checkpoints"
@@ -108,8 +102,8 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, best_state: dict | No
     name = f"step-{step:08d}"
     with atomic_dir(root / name) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
-        if best_state is not None:
-            save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp / "best.safetensors"))
+        for fname, tdict in (files or {}).items():
+            save_file({k: v.detach().cpu().contiguous() for k, v in tdict.items()}, str(tmp / f"{fname}.safetensors"))
         torch.save(tensors, tmp / "optim.pt")
         sums = {f.name: file_digest(f) for f in sorted(tmp.iterdir())}  # a bit flip is caught at load
         (tmp / "state.json").write_text(json.dumps({**state, "checksums": sums}))
@@ -155,8 +149,8 @@ def _read(path: Path) -> Checkpoint:
     state = json.loads((path / "state.json").read_text())
     tensors = torch.load(path / "optim.pt", weights_only=True, map_location="cpu")  # a pickle with code in it fails here, never runs
     model = load_file(str(path / "model.safetensors"))
-    best = load_file(str(path / "best.safetensors")) if (path / "best.safetensors").is_file() else None
-    return Checkpoint(path, state, tensors, model, best)
+    files = {f.name[: -len(".safetensors")]: load_file(str(f)) for f in sorted(path.glob("*.safetensors")) if f.name != "model.safetensors"}
+    return Checkpoint(path, state, tensors, model, files)
 
 
 def load(run_dir: Path) -> Checkpoint:
