@@ -22,14 +22,16 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="transferkit: transfer learning for images and text. Run 'transferkit quickstart' to see it work.",
+    help="transferkit: transfer learning for images, text and audio. Run 'transferkit quickstart' to see it work.",
 )
 out = Console()
 err = Console(stderr=True)
 _STATE = {"debug": False}
 
 _HELP = {
-    "backbone": "backbone: efficientnet_lite0, minilm, timm/<arch>, hf/<name> or a local folder ('transferkit models')",
+    "backbone": "backbone: efficientnet_lite0, minilm, crepe_tiny, speaker_ge2e, timm/<arch>, hf/<name>, audio/<name> or a local folder ('transferkit models')",
+    "audio_window": "audio: window length in seconds (default: the weights' own; training crops it at random positions)",
+    "audio_eval": "audio, prediction: center (one centre window per clip) | sliding (windows every half window, features averaged)",
     "strategy": "linear-probe | finetune | scratch ('transferkit strategies')",
     "backbone_weights": "local .safetensors weights for a timm/<arch> backbone (offline)",
     "layer": "cut the backbone after this layer and train on its pooled features ('transferkit rank --layers' names them)",
@@ -210,7 +212,7 @@ def _print_predictions(results: list[dict[str, Any]], kind: str, top_k: int, as_
             pred = r["label"]
         probs = ", ".join(f"{k} {v:.3f}" for k, v in list(r.get("probabilities", {}).items())[:top_k])
         x = r["input"]  # a long path keeps its file name, a long text its beginning
-        shown = x if len(x) <= 60 else ("…" + x[-59:] if kind == "image" else x[:59] + "…")
+        shown = x if len(x) <= 60 else ("…" + x[-59:] if kind != "text" else x[:59] + "…")
         table.add_row(shown, str(pred), probs)
     out.print(table)
 
@@ -631,10 +633,10 @@ def models():
     from .backbones import list_backbones
 
     t = Table(title="backbones")
-    for c in ("name", "modality", "available offline", "description"):
+    for c in ("name", "modality", "available offline", "licence", "description"):
         t.add_column(c)
     for r in list_backbones():
-        t.add_row(r["name"], r["modality"], "yes" if r["offline"] else "no (hub)", r["description"])
+        t.add_row(r["name"], r["modality"], "yes" if r["offline"] else "no (hub)", r["licence"], r["description"])
     out.print(t)
 
 

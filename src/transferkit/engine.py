@@ -25,7 +25,7 @@ from .config import FitConfig
 from .data.dataset import TaskData
 from .errors import ConfigError, Preempted, TransferkitError  # noqa: F401  (Preempted: re-exported)
 from .freezing import frozen_at_epoch, set_frozen_groups
-from .inputs import Augmenter, autocast, length_grouped, make_batch, prepare, resolve_device, to_device
+from .inputs import autocast, length_grouped, make_augmenter, make_batch, prepare, resolve_device, to_device
 from .metrics import primary_metric, task_metrics
 from .model import TransferModel
 from .training import preemption, rundir
@@ -218,7 +218,7 @@ def train(
     x_val = to_device(prepare(backbone, val_data.inputs, device=device), device) if val_data is not None else None
     lengths = [len(t) for t in train_data.inputs] if backbone.modality == "text" else None
     run_backbone = torch.compile(backbone) if cfg.compile else backbone
-    augmenter = Augmenter(backbone.preprocess, hflip=cfg.hflip, device=device) if (cfg.augment and backbone.modality == "image") else None
+    augmenter = make_augmenter(backbone, device, hflip=cfg.hflip) if cfg.augment else None
 
     groups = param_groups(model, cfg)
     if adaptation is not None:

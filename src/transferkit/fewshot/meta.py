@@ -68,7 +68,7 @@ def meta_train(
     from ..data.dataset import TaskData, load_data
     from ..engine import progress_bar, seed_everything, warmup_cosine
     from ..freezing import set_frozen_groups
-    from ..inputs import Augmenter, autocast, make_batch, prepare, resolve_device, to_device
+    from ..inputs import autocast, make_augmenter, make_batch, prepare, resolve_device, to_device
 
     if metric not in METRICS:
         raise ConfigError(f"Unknown metric {metric!r}.", f"use one of: {', '.join(METRICS)}.")
@@ -87,7 +87,7 @@ def meta_train(
                              {"params": [p for p in params if p.ndim <= 1] + [log_scale], "weight_decay": 0.0}], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, int(warmup * episodes)), episodes))
     prepared = to_device(prepare(bb, d.inputs, device=dev), dev)
-    aug = Augmenter(bb.preprocess, device=dev) if augment and bb.modality == "image" else None
+    aug = make_augmenter(bb, dev) if augment else None
     bb.to(dev).train()
     for m in frozen_norms:
         m.eval()

@@ -47,6 +47,8 @@ def make_backbone(cfg: FitConfig, pretrained: bool = True) -> Backbone:
         pooling=cfg.pooling,
         max_length=cfg.max_length,
         layer=cfg.layer,
+        window=cfg.audio_window,
+        eval_windows=cfg.audio_eval,
     )
 
 
@@ -54,7 +56,8 @@ def check_modality(backbone: Backbone, data: TaskData, cfg: FitConfig) -> None:
     if backbone.modality != data.modality:
         raise DataError(
             f"Backbone {cfg.backbone!r} takes {backbone.modality} inputs but the data holds {data.modality}s.",
-            "use an image backbone (e.g. efficientnet_lite0) for images and a text one (e.g. minilm) for texts.",
+            "use an image backbone (e.g. efficientnet_lite0) for images, a text one (e.g. minilm) for texts and an audio one "
+            "(e.g. crepe_tiny, speaker_ge2e) for audio.",
         )
 
 
