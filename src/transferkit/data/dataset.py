@@ -24,6 +24,9 @@ _PATH_COLUMNS = ("image", "audio", "path", "file", "filepath", "filename")
 FILE_EXTENSIONS = IMAGE_EXTENSIONS | AUDIO_EXTENSIONS
 
 
+PLURAL = {"image": "images", "text": "texts", "audio": "audio files"}
+
+
 def modality_of(paths: Sequence[str], where: str = "the data") -> str:
     """``"audio"`` when the files with a known extension are audio files, ``"image"`` otherwise
     (files of other extensions do not count: they are reported as unusable samples); a mix of
@@ -314,8 +317,7 @@ def load_inputs(items: Sequence[str]) -> tuple[list[str], str]:
             out.append(item)
             kinds.add("text")
     if len(kinds) > 1:
-        plural = {"image": "images", "text": "texts", "audio": "audio files"}
-        names = " and ".join(plural[k] for k in sorted(kinds))
+        names = " and ".join(PLURAL[k] for k in sorted(kinds))
         raise DataError(f"Inputs mix {names}.", f"predict {names} in separate calls.")
     return out, (kinds.pop() if kinds else "text")
 
