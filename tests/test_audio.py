@@ -256,6 +256,39 @@ def test_hf_audio_lora_and_rank_layers(words_folder, tiny_wav2vec2, tk_cache, tm
     assert sorted(r.layer for r in report.rows) == ["encoder.layers.0", "feature_projection", "output"]
 
 
+def test_tiny_whisper_encoder_and_ast(tmp_path):
+    """Spectrogram front ends (the model's feature extractor): Whisper's encoder (padded to its fixed
+    length, pooled over the real frames) and AST; features, layer points, rebuilt from the saved recipe."""
+    from transformers import ASTConfig, ASTFeatureExtractor, ASTModel, WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    from transferkit.backbones import backbone_from_recipe
+    from transferkit.backbones.layers import point_names, pooled_layers
+
+    torch.manual_seed(0)
+    WhisperModel(WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
+                               encoder_ffn_dim=48, decoder_ffn_dim=48, num_mel_bins=16, max_source_positions=50, max_target_positions=8,
+                               vocab_size=16, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=0)
+                 ).save_pretrained(tmp_path / "whisper")
+    WhisperFeatureExtractor(feature_size=16, sampling_rate=SR, hop_length=160, chunk_length=1, n_fft=400).save_pretrained(tmp_path / "whisper")
+    ASTModel(ASTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=48, num_mel_bins=16, max_length=64,
+                       patch_size=8, frequency_stride=8, time_stride=8)).save_pretrained(tmp_path / "ast")
+    ASTFeatureExtractor(feature_size=1, num_mel_bins=16, max_length=64, sampling_rate=SR).save_pretrained(tmp_path / "ast")
+    batch = {"wave": torch.from_numpy(np.stack([sine(300, 0.5), sine(500, 0.5)])), "length": torch.tensor([8000, 4000])}
+    for name in ("whisper", "ast"):
+        bb = create_backbone(str(tmp_path / name), window=0.5).eval()
+        points = point_names(bb)
+        with torch.no_grad():
+            out = bb(batch)
+            layers = pooled_layers(bb, batch, points)
+        assert out.shape == (2, 32) and torch.allclose(layers["output"], out) and len(points) >= 2, name
+        assert sum(len(g) for g in bb.layer_groups()) == len(list(bb.parameters()))
+        bb.save_assets(tmp_path / f"saved-{name}")
+        twin = backbone_from_recipe(bb.recipe(), tmp_path / f"saved-{name}")
+        twin.load_state_dict(bb.state_dict())
+        with torch.no_grad():
+            assert torch.allclose(twin.eval()(batch), out, atol=1e-6) and twin.preprocess == bb.preprocess
+
+
 def test_hf_audio_hub_name_offline_is_one_line(tk_cache, capsys):
     with pytest.raises(ConfigError, match=r"Could not load audio model 'facebook/wav2vec2-base'.*local Hugging Face folder"):
         create_backbone("audio/facebook/wav2vec2-base")
