@@ -596,6 +596,7 @@ def rank(
     scores: Optional[str] = typer.Option(None, help="comma-separated scores (default all): logme, hscore, nce, leep, knn, linear_cv"),
     max_samples: Optional[int] = typer.Option(5000, help="score at most this many samples (stratified); 0: all"),
     image_size: Optional[int] = typer.Option(None, help="input size in pixels (default: the weights' own)"),
+    audio_window: Optional[float] = typer.Option(None, help=_HELP["audio_window"]),
     batch_size: int = typer.Option(128),
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0),
@@ -612,7 +613,7 @@ def rank(
     split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)
     report = api_rank(data, split(backbones), layers="all" if layers == "all" else split(layers), scratch=scratch,
                       scores=split(scores), max_samples=max_samples or None, seed=seed, image_size=image_size,
-                      batch_size=batch_size, device=device, progress=progress,
+                      batch_size=batch_size, device=device, progress=progress, audio_window=audio_window,
                       loader=_loader(label_column, text_column, path_column, "classification"))
     if save is not None:
         report.save(save)
