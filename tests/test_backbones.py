@@ -244,7 +244,7 @@ def test_list_backbones_offline_models():
     for name, modality in (("efficientnet_lite0", "image"), ("minilm", "text")):
         assert rows[name]["offline"] is True and rows[name]["modality"] == modality
     assert rows["timm/<arch>"]["offline"] is False
-    assert all(set(r) == {"name", "modality", "description", "offline"} for r in rows.values())
+    assert all(set(r) == {"name", "modality", "description", "offline", "licence"} for r in rows.values())
     assert transferkit.list_backbones() == list_backbones()
 
 

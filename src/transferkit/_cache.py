@@ -28,12 +28,12 @@ def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 def inputs_digest(inputs, modality: str) -> str:
-    """Hash of the inputs' content in order: each image file's bytes, or each text.
+    """Hash of the inputs' content in order: each file's bytes (images, audio), or each text.
 
     Read afresh on every call, so a file changed on disk changes the digest."""
     h = hashlib.sha256(modality.encode())
     for x in inputs:
-        if modality == "image":
+        if modality != "text":
             h.update(bytes.fromhex(file_digest(x)))
         else:
             h.update(hashlib.sha256(x.encode("utf-8")).digest())

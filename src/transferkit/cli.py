@@ -22,14 +22,16 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="transferkit: transfer learning for images and text. Run 'transferkit quickstart' to see it work.",
+    help="transferkit: transfer learning for images, text and audio. Run 'transferkit quickstart' to see it work.",
 )
 out = Console()
 err = Console(stderr=True)
 _STATE = {"debug": False}
 
 _HELP = {
-    "backbone": "backbone: efficientnet_lite0, minilm, timm/<arch>, hf/<name> or a local folder ('transferkit models')",
+    "backbone": "backbone: efficientnet_lite0, minilm, crepe_tiny, speaker_ge2e, timm/<arch>, hf/<name>, audio/<name> or a local folder ('transferkit models')",
+    "audio_window": "audio: window length in seconds (default: the weights' own; training crops it at random positions)",
+    "audio_eval": "audio, prediction: center (one centre window per clip) | sliding (windows every half window, features averaged)",
     "strategy": "linear-probe | finetune | scratch ('transferkit strategies')",
     "backbone_weights": "local .safetensors weights for a timm/<arch> backbone (offline)",
     "layer": "cut the backbone after this layer and train on its pooled features ('transferkit rank --layers' names them)",
@@ -212,7 +214,7 @@ def _print_predictions(results: list[dict[str, Any]], kind: str, top_k: int, as_
             pred = r["label"]
         probs = ", ".join(f"{k} {v:.3f}" for k, v in list(r.get("probabilities", {}).items())[:top_k])
         x = r["input"]  # a long path keeps its file name, a long text its beginning
-        shown = x if len(x) <= 60 else ("…" + x[-59:] if kind == "image" else x[:59] + "…")
+        shown = x if len(x) <= 60 else ("…" + x[-59:] if kind != "text" else x[:59] + "…")
         table.add_row(shown, str(pred), probs)
     out.print(table)
 
@@ -596,6 +598,7 @@ def rank(
     scores: Optional[str] = typer.Option(None, help="comma-separated scores (default all): logme, hscore, nce, leep, knn, linear_cv"),
     max_samples: Optional[int] = typer.Option(5000, help="score at most this many samples (stratified); 0: all"),
     image_size: Optional[int] = typer.Option(None, help="input size in pixels (default: the weights' own)"),
+    audio_window: Optional[float] = typer.Option(None, help=_HELP["audio_window"]),
     batch_size: int = typer.Option(128),
     device: str = typer.Option("auto"),
     seed: int = typer.Option(0),
@@ -612,7 +615,7 @@ def rank(
     split = (lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None)
     report = api_rank(data, split(backbones), layers="all" if layers == "all" else split(layers), scratch=scratch,
                       scores=split(scores), max_samples=max_samples or None, seed=seed, image_size=image_size,
-                      batch_size=batch_size, device=device, progress=progress,
+                      batch_size=batch_size, device=device, progress=progress, audio_window=audio_window,
                       loader=_loader(label_column, text_column, path_column, "classification"))
     if save is not None:
         report.save(save)
@@ -633,10 +636,10 @@ def models():
     from .backbones import list_backbones
 
     t = Table(title="backbones")
-    for c in ("name", "modality", "available offline", "description"):
+    for c in ("name", "modality", "available offline", "licence", "description"):
         t.add_column(c)
     for r in list_backbones():
-        t.add_row(r["name"], r["modality"], "yes" if r["offline"] else "no (hub)", r["description"])
+        t.add_row(r["name"], r["modality"], "yes" if r["offline"] else "no (hub)", r["licence"], r["description"])
     out.print(t)
 
 

@@ -19,6 +19,7 @@ _CHOICES = {
     "on_nan": ("stop", "skip"),
     "stack": ("concat", "oof"),
     "mt_weighting": ("uncertainty", "fixed"),
+    "audio_eval": ("center", "sliding"),
 }
 
 
@@ -36,6 +37,8 @@ class FitConfig:
     image_size: int | None = None  # None: the weights' own input size
     pooling: str = "mean"  # text backbones
     max_length: int | None = None  # text backbones
+    audio_window: float | None = None  # audio backbones: window length in seconds (None: the weights' own)
+    audio_eval: str = "center"  # audio backbones, prediction: the centre window, or "sliding" windows averaged
     head: str = "logistic"  # linear-probe: logistic (sklearn) | linear | mlp; finetune: linear | mlp
     head_init: str = "random"  # finetune: "probe" starts from a linear probe's head (LP-FT)
     epochs: int = 10
@@ -84,6 +87,8 @@ class FitConfig:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)}).", "pass a value > 0.")
         if self.freeze < 0:
             raise ConfigError(f"--freeze must be >= 0 (got {self.freeze}).", "pass the number of layer groups to keep frozen.")
+        if self.audio_window is not None and not 0.1 <= self.audio_window <= 60:
+            raise ConfigError(f"--audio-window {self.audio_window:g} is outside 0.1..60 seconds.", "pass a window in seconds, e.g. 1.0.")
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"--image-size {self.image_size} is too small.", "use at least 16 pixels.")
         for name in ("dropout", "label_smoothing", "warmup"):

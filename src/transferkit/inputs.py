@@ -20,7 +20,12 @@ from .backbones.base import Backbone, ImagePreprocess
 def prepare(backbone: Backbone, inputs: Sequence[str], progress=None, *, device: torch.device | str | None = None,
             cache: bool = True) -> Any:
     """Decode images once (uint8 ``[N, 3, R, R]`` on the CPU, cached on disk unless ``cache=False``;
-    on CUDA JPEGs are decoded on the GPU); texts stay strings."""
+    on CUDA JPEGs are decoded on the GPU); texts stay strings; other modalities go to their handler
+    (``transferkit.modalities``: audio clips decoded once into an ``AudioStore``)."""
+    from .modalities import handler
+
+    if (h := handler(backbone.modality)) is not None:
+        return h.prepare(backbone, inputs, progress, device=device, cache=cache)
     if backbone.modality == "image":
         from .data.store import image_store
 
@@ -75,6 +80,18 @@ class Augmenter:
         return self.aug(x)
 
 
+def make_augmenter(backbone: Backbone, device: torch.device | str | None = None, hflip: bool = True):
+    """The training augmenter for the backbone's modality: batched image crops/flips, random audio
+    window crops; None for texts."""
+    from .modalities import handler
+
+    if (h := handler(backbone.modality)) is not None:
+        return h.make_augmenter(backbone, device=device, hflip=hflip)
+    if backbone.modality == "image":
+        return Augmenter(backbone.preprocess, hflip=hflip, device=device)
+    return None
+
+
 def _center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2
@@ -88,6 +105,10 @@ def make_batch(
     device: torch.device,
     augmenter: Augmenter | None = None,
 ) -> Any:
+    from .modalities import handler
+
+    if (h := handler(backbone.modality)) is not None:
+        return h.make_batch(backbone, prepared, idx, device, augmenter)
     if backbone.modality == "image":
         pre: ImagePreprocess = backbone.preprocess  # type: ignore[assignment]
         idx_t = torch.as_tensor(idx, dtype=torch.long)

@@ -77,7 +77,7 @@ class TransferModel(nn.Module):
 
     def predict(self, inputs: Sequence[str] | str, batch_size: int = 64, top_k: int | None = None, device: str = "auto",
                 support=None) -> list[dict[str, Any]]:
-        """Predict raw inputs (image paths or texts). Each result has ``label`` and ``probabilities``
+        """Predict raw inputs (image or audio paths, or texts). Each result has ``label`` and ``probabilities``
         (classification), ``labels`` (multilabel) or ``value`` (regression).
 
         ``support`` (labelled data: class folders, a manifest or ``TaskData``): classify into the
@@ -89,10 +89,11 @@ class TransferModel(nn.Module):
         if isinstance(inputs, (str, Path)):
             inputs = [str(inputs)]
         inputs = [str(x) for x in inputs]
-        if self.modality == "image":
+        if self.modality != "text":
             missing = [x for x in inputs if not Path(x).is_file()]
             if missing:
-                raise DataError(f"Image file {missing[0]} does not exist.", "pass existing image files or folders.")
+                what = "Image" if self.modality == "image" else self.modality.capitalize()
+                raise DataError(f"{what} file {missing[0]} does not exist.", f"pass existing {self.modality} files or folders.")
         out = self.predict_outputs(inputs, batch_size=batch_size, device=device)
         results = []
         for x, row in zip(inputs, out):

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..config import AdaptConfig, FitConfig
-from ..data.dataset import TaskData, load_data, load_unlabelled
+from ..data.dataset import PLURAL, TaskData, load_data, load_unlabelled
 from ..training import seed_everything, train
 from ..errors import DataError
 from ..model import TransferModel
@@ -57,7 +57,7 @@ def check_target(source: TaskData, target: TaskData, what: str = "target") -> No
     if len(target) == 0:
         raise DataError(f"The {what} set is empty.", "pass a folder or manifest with at least one input.")
     if target.modality != source.modality:
-        raise DataError(f"The source holds {source.modality}s but the {what} holds {target.modality}s.",
+        raise DataError(f"The source holds {PLURAL[source.modality]} but the {what} holds {PLURAL[target.modality]}.",
                         "adapt between data of the same kind (images to images, texts to texts).")
     extra = sorted(set(target.label_names) - set(source.label_names))
     if extra:

@@ -46,10 +46,37 @@ class TextPreprocess:
         return {"kind": "text", **asdict(self)}
 
 
-def preprocess_from_dict(d: dict[str, Any]) -> ImagePreprocess | TextPreprocess:
+@dataclass(frozen=True)
+class AudioPreprocess:
+    """How raw audio becomes the waveform windows the weights take: the weights' sample rate, the
+    window length in seconds, and how prediction windows a clip longer than the window (one centre
+    window, or ``sliding`` windows every ``hop`` seconds, their features averaged)."""
+
+    sample_rate: int = 16000
+    window: float = 1.0
+    eval_windows: str = "center"  # "center" | "sliding"
+    hop: float = 0.5  # seconds between sliding windows
+
+    @property
+    def window_samples(self) -> int:
+        return max(1, int(round(self.window * self.sample_rate)))
+
+    @property
+    def hop_samples(self) -> int:
+        return max(1, int(round(self.hop * self.sample_rate)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "audio", **asdict(self)}
+
+
+Preprocess = ImagePreprocess | TextPreprocess | AudioPreprocess
+_PREPROCESS = {"image": ImagePreprocess, "text": TextPreprocess, "audio": AudioPreprocess}
+
+
+def preprocess_from_dict(d: dict[str, Any]) -> Preprocess:
     d = dict(d)
     kind = d.pop("kind")
-    cls = ImagePreprocess if kind == "image" else TextPreprocess
+    cls = _PREPROCESS.get(kind, TextPreprocess)
     known = {f.name for f in fields(cls)}
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
     return cls(**kwargs)
@@ -61,7 +88,7 @@ class Backbone(nn.Module):
     modality: ClassVar[str]
     source: ClassVar[str]
     num_features: int
-    preprocess: ImagePreprocess | TextPreprocess
+    preprocess: Preprocess
     #: the pretrained source classifier (weight [Z, D], bias [Z]) on the output features, if known
     source_head: tuple[torch.Tensor, torch.Tensor] | None = None
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .base import Backbone, ImagePreprocess
+from .base import AudioPreprocess, Backbone, ImagePreprocess
 from .layers import OUTPUT
 
 
@@ -70,6 +70,33 @@ def convert_images(x: torch.Tensor, outer: ImagePreprocess, pre: ImagePreprocess
     return (x - torch.tensor(pre.mean, device=dev).view(1, 3, 1, 1)) / torch.tensor(pre.std, device=dev).view(1, 3, 1, 1)
 
 
+def outer_audio_preprocess(members: list[Backbone]) -> AudioPreprocess:
+    """One sample rate for every member (else an error); the longest window; the first member's
+    prediction windows (each member's window is cut from the centre of this one's real part)."""
+    pres: list[AudioPreprocess] = [m.preprocess for m in members]  # type: ignore[misc]
+    rates = sorted({p.sample_rate for p in pres})
+    if len(rates) > 1:
+        raise ConfigError(f"Audio backbones {', '.join(m.name for m in members)} take different sample rates ({rates} Hz).",
+                          "stack audio backbones of one sample rate.")
+    longest = max(pres, key=lambda p: p.window)
+    return AudioPreprocess(sample_rate=rates[0], window=longest.window, eval_windows=pres[0].eval_windows, hop=longest.hop)
+
+
+def convert_audio(batch: dict[str, torch.Tensor], outer: AudioPreprocess, pre: AudioPreprocess) -> dict[str, torch.Tensor]:
+    """A batch of ``outer``'s windows -> ``pre``'s shorter windows: the centre of each window's real
+    part (a clip shorter than the member's window keeps its start)."""
+    w = pre.window_samples
+    wave, length = batch["wave"], batch["length"]
+    if wave.shape[-1] <= w:
+        return batch
+    start = ((length.clamp(max=wave.shape[-1]) - w) // 2).clamp_min(0)
+    pos = start.unsqueeze(-1) + torch.arange(w, device=wave.device)
+    out = dict(batch)
+    out["wave"] = torch.gather(wave, -1, pos)
+    out["length"] = length.clamp(max=w)
+    return out
+
+
 class MemberView(Backbone):
     """Member ``i`` of a ``ConcatBackbone`` fed the concat backbone's inputs (not saved on its own:
     its recipe only keys the feature cache)."""
@@ -86,6 +113,8 @@ class MemberView(Backbone):
     def forward(self, batch: Any) -> torch.Tensor:
         if self.modality == "image":
             batch = convert_images(batch, self.preprocess, self.member.preprocess)
+        elif self.modality == "audio":
+            batch = convert_audio(batch, self.preprocess, self.member.preprocess)
         return self.member(batch)
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -125,6 +154,8 @@ class ConcatBackbone(Backbone):
                     raise ConfigError(f"Text backbones {members[0].name!r} and {m.name!r} have different max lengths "
                                       f"({members[0].preprocess.max_length} vs {m.preprocess.max_length}).", "pass one --max-length.")
             self.preprocess = members[0].preprocess
+        elif self.modality == "audio":
+            self.preprocess = outer_audio_preprocess(members)
         else:
             self.preprocess = outer_preprocess(members)
         self.members = nn.ModuleList(members)
@@ -169,6 +200,8 @@ class ConcatBackbone(Backbone):
     def forward(self, batch: Any) -> torch.Tensor:
         if self.modality == "image":
             return self.combine([m(convert_images(batch, self.preprocess, m.preprocess)) for m in self.members])
+        if self.modality == "audio":
+            return self.combine([m(convert_audio(batch, self.preprocess, m.preprocess)) for m in self.members])
         return self.combine([m(batch) for m in self.members])
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:

@@ -94,6 +94,10 @@ def pooled_layers(backbone: Backbone, batch: Any, names: list[str]) -> dict[str,
 
 
 def dummy_batch(backbone: Backbone) -> Any:
+    from ..modalities import handler
+
+    if (h := handler(backbone.modality)) is not None:
+        return h.dummy_batch(backbone)
     if backbone.modality == "text":
         return backbone.tokenize(["a"])
     size = backbone.preprocess.input_size

@@ -115,7 +115,7 @@ class LoraBackbone(Backbone):
         super().__init__(f"{base.name}+lora")
         if not isinstance(getattr(base, "model", None), nn.Module):
             raise ConfigError(f"LoRA cannot wrap the backbone {base.name} (no inner network).",
-                              "use a timm, Hugging Face text or CLIP backbone without --layer.")
+                              "use a timm, Hugging Face text or audio, or CLIP backbone without --layer.")
         from peft import LoraConfig, get_peft_model
 
         self.modality = base.modality
@@ -222,14 +222,17 @@ class LoraBackbone(Backbone):
 
 
 def base_id_of(backbone: str, weights: str | Path | None = None, image_size: int | None = None, pooling: str = "mean",
-               max_length: int | None = None) -> dict[str, Any]:
+               max_length: int | None = None, window: float | None = None, eval_windows: str = "center") -> dict[str, Any]:
     """How to rebuild a pretrained base: its name (local paths made absolute) and options."""
     from . import BACKBONES
 
-    family = backbone in BACKBONES or backbone.startswith(("timm/", "hf/", "clip/"))
+    family = backbone in BACKBONES or backbone.startswith(("timm/", "hf/", "clip/", "audio/"))
     name = backbone if family or not Path(backbone).exists() else str(Path(backbone).resolve())
-    return {"backbone": name, "backbone_weights": str(Path(weights).resolve()) if weights else None,
-            "image_size": image_size, "pooling": pooling, "max_length": max_length}
+    out = {"backbone": name, "backbone_weights": str(Path(weights).resolve()) if weights else None,
+           "image_size": image_size, "pooling": pooling, "max_length": max_length}
+    if window is not None or eval_windows != "center":
+        out.update(window=window, eval_windows=eval_windows)
+    return out
 
 
 def create_base(base_id: dict[str, Any]) -> Backbone:
@@ -237,16 +240,17 @@ def create_base(base_id: dict[str, Any]) -> Backbone:
 
     return create_backbone(base_id["backbone"], pretrained=True, weights=base_id.get("backbone_weights"),
                            image_size=base_id.get("image_size"), pooling=base_id.get("pooling") or "mean",
-                           max_length=base_id.get("max_length"))
+                           max_length=base_id.get("max_length"), window=base_id.get("window"),
+                           eval_windows=base_id.get("eval_windows") or "center")
 
 
 def lora_backbone(backbone: str, *, weights: str | Path | None = None, image_size: int | None = None, pooling: str = "mean",
                   max_length: int | None = None, layer: str | None = None, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                  targets: str | None = None) -> LoraBackbone:
-    """The pretrained backbone ``backbone`` (a name, ``timm/<arch>``, ``hf/<name>`` or a folder) with LoRA adapters."""
+                  targets: str | None = None, window: float | None = None, eval_windows: str = "center") -> LoraBackbone:
+    """The pretrained backbone ``backbone`` (a name, ``timm/<arch>``, ``hf/<name>``, ``audio/<name>`` or a folder) with LoRA adapters."""
     if layer and layer != "output":
         raise ConfigError("--layer is not supported with LoRA yet.", "drop --layer, or use --strategy finetune on the cut backbone.")
-    bid = base_id_of(backbone, weights, image_size, pooling, max_length)
+    bid = base_id_of(backbone, weights, image_size, pooling, max_length, window, eval_windows)
     return LoraBackbone(create_base(bid), r=r, alpha=alpha, dropout=dropout, targets=targets, base_id=bid)
 
 

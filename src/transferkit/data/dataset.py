@@ -1,7 +1,8 @@
-"""Labelled data from an image folder, a CSV/TSV/JSONL manifest of image paths or texts.
+"""Labelled data from a folder of images or audio files, a CSV/TSV/JSONL manifest of file paths or texts.
 
-``load_data`` returns a ``TaskData``: inputs (image paths or texts), targets and label names, with
-the task type. ``split_data`` makes a stratified train/val/test split with a fixed seed.
+``load_data`` returns a ``TaskData``: inputs (image or audio paths, or texts), targets and label
+names, with the task type. The modality of files follows their extensions (``modality_of``).
+``split_data`` makes a stratified train/val/test split with a fixed seed.
 """
 
 from __future__ import annotations
@@ -15,10 +16,26 @@ from typing import Sequence
 import numpy as np
 
 from ..errors import ConfigError, DataError
+from .audio import AUDIO_EXTENSIONS
 from .images import IMAGE_EXTENSIONS
 
 TASKS = ("classification", "multilabel", "regression")
-_PATH_COLUMNS = ("image", "path", "file", "filepath", "filename")
+_PATH_COLUMNS = ("image", "audio", "path", "file", "filepath", "filename")
+FILE_EXTENSIONS = IMAGE_EXTENSIONS | AUDIO_EXTENSIONS
+
+
+PLURAL = {"image": "images", "text": "texts", "audio": "audio files"}
+
+
+def modality_of(paths: Sequence[str], where: str = "the data") -> str:
+    """``"audio"`` when the files with a known extension are audio files, ``"image"`` otherwise
+    (files of other extensions do not count: they are reported as unusable samples); a mix of
+    images and audio files is an error."""
+    n_audio = sum(Path(p).suffix.lower() in AUDIO_EXTENSIONS for p in paths)
+    n_image = sum(Path(p).suffix.lower() in IMAGE_EXTENSIONS for p in paths)
+    if n_audio and n_image:
+        raise DataError(f"{where} mixes {n_image} image files and {n_audio} audio files.", "keep one kind of input per data set.")
+    return "audio" if n_audio else "image"
 _TEXT_COLUMNS = ("text", "sentence", "review", "content")
 
 
@@ -27,7 +44,7 @@ class TaskData:
     inputs: list[str]
     targets: np.ndarray  # int64 [N] | float32 [N, C] (multilabel) | float32 [N] (regression)
     label_names: list[str]
-    modality: str  # "image" | "text"
+    modality: str  # "image" | "text" | "audio"
     task: str = "classification"
     source: str = ""
     # None: not screened for unusable samples yet; a list: screened, and these inputs were left out
@@ -162,19 +179,27 @@ def load_data(
 def _load_folder(path: Path, label_names: list[str] | None, keep_bad: bool = False) -> TaskData:
     classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not classes:
-        loose = [p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS]
-        hint = "put images in one subfolder per class (e.g. data/cat/1.jpg, data/dog/2.jpg)."
-        raise DataError(f"Folder {path} has no class subfolders" + (f" ({len(loose)} loose images)." if loose else "."), hint)
+        loose = [p for p in path.iterdir() if p.suffix.lower() in FILE_EXTENSIONS]
+        hint = "put the files in one subfolder per class (e.g. data/cat/1.jpg, data/dog/2.jpg; data/yes/1.wav)."
+        what = "audio files" if loose and modality_of([str(p) for p in loose]) == "audio" else "images"
+        raise DataError(f"Folder {path} has no class subfolders" + (f" ({len(loose)} loose {what})." if loose else "."), hint)
     inputs, labels = [], []
     for c in classes:
         for f in sorted((path / c).rglob("*")):
             if f.is_file() and not f.name.startswith("."):
-                if f.suffix.lower() not in IMAGE_EXTENSIONS and not keep_bad:
-                    raise DataError(f"{f} is not an image file (extension {f.suffix or 'none'}).", "remove it or convert it to PNG/JPEG.")
                 inputs.append(str(f))
                 labels.append(c)
+    modality = modality_of(inputs, f"Folder {path}")
+    if not keep_bad:
+        known = AUDIO_EXTENSIONS if modality == "audio" else IMAGE_EXTENSIONS
+        other = next((f for f in inputs if Path(f).suffix.lower() not in known), None)
+        if other is not None:
+            suffix = Path(other).suffix
+            if modality == "audio":
+                raise DataError(f"{other} is not an audio file (extension {suffix or 'none'}).", "remove it or convert it to WAV/FLAC.")
+            raise DataError(f"{other} is not an image file (extension {suffix or 'none'}).", "remove it or convert it to PNG/JPEG.")
     targets, names = _targets(labels, "classification", "|", str(path), label_names)
-    return TaskData(inputs, targets, names, "image", "classification", str(path))
+    return TaskData(inputs, targets, names, modality, "classification", str(path))
 
 
 def _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names, keep_bad=False, unlabelled=False) -> TaskData:
@@ -213,7 +238,8 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
             p = Path(str(value)) if value else None  # kept as "": reported as a missing file
             p = p if p is None or p.is_absolute() else path.parent / p
             if p is not None and not p.is_file() and not keep_bad:
-                raise DataError(f"{path} row {i}: image {p} does not exist.", f"fix the path in column {pcol!r} (relative paths start at the manifest's folder).")
+                what = "audio file" if p.suffix.lower() in AUDIO_EXTENSIONS else "image"
+                raise DataError(f"{path} row {i}: {what} {p} does not exist.", f"fix the path in column {pcol!r} (relative paths start at the manifest's folder).")
             inputs.append(str(p) if p is not None else "")
         else:
             text = row.get(tcol)
@@ -221,7 +247,7 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
                 raise DataError(f"{path} row {i}: empty text in column {tcol!r}.", "fill it in or remove the row.")
             inputs.append("" if text is None else str(text))
         labels.append(label)
-    modality = "image" if pcol else "text"
+    modality = modality_of(inputs, f"{path} column {pcol!r}") if pcol else "text"
     if unlabelled:
         # the label column's values are not read: only its set of names, for a schema check
         names = sorted({str(r.get(label_col)) for r in rows if r.get(label_col) not in (None, "")}) if label_col else []
@@ -231,16 +257,16 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
 
 
 def load_unlabelled(path: str | Path, *, text_column: str | None = None, path_column: str | None = None, label_column: str | None = None) -> TaskData:
-    """Inputs without labels (e.g. a target domain): a folder of images (class subfolders or not),
-    a manifest with or without a label column, or a .txt file of texts. Targets are all -1; a label
+    """Inputs without labels (e.g. a target domain): a folder of images or audio files (class
+    subfolders or not), a manifest with or without a label column, or a .txt file of texts. Targets are all -1; a label
     column or class subfolders only give ``label_names`` (to check the label set), never targets."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"Data path {path} does not exist.", "pass an image folder, a CSV/TSV/JSONL manifest or a .txt file.")
     if path.is_dir():
         classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-        inputs, _ = load_inputs([str(path)])
-        data = TaskData(inputs, np.full(len(inputs), -1, dtype=np.int64), classes, "image", source=str(path))
+        inputs, kind = load_inputs([str(path)])
+        data = TaskData(inputs, np.full(len(inputs), -1, dtype=np.int64), classes, kind, source=str(path))
     elif path.suffix.lower() == ".txt":
         inputs, _ = load_inputs([str(path)])
         data = TaskData(inputs, np.full(len(inputs), -1, dtype=np.int64), [], "text", source=str(path))
@@ -261,21 +287,21 @@ def _path_kind(item: str) -> str:
 
 
 def load_inputs(items: Sequence[str]) -> tuple[list[str], str]:
-    """Expand CLI inputs for prediction: image files, folders of images, a .txt file of lines, or raw texts."""
+    """Expand CLI inputs for prediction: image or audio files, folders of them, a .txt file of lines, or raw texts."""
     out: list[str] = []
     kinds = set()
     for item in items:
         p = Path(item)
         kind = _path_kind(item)
         if kind == "dir":
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS)
+            files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in FILE_EXTENSIONS)
             if not files:
-                raise DataError(f"Folder {p} contains no images.", "pass image files or a folder of images.")
+                raise DataError(f"Folder {p} contains no images or audio files.", "pass image or audio files, or a folder of them.")
             out += [str(f) for f in files]
-            kinds.add("image")
-        elif kind == "file" and p.suffix.lower() in IMAGE_EXTENSIONS:
+            kinds.add(modality_of([str(f) for f in files], f"Folder {p}"))
+        elif kind == "file" and p.suffix.lower() in FILE_EXTENSIONS:
             out.append(str(p))
-            kinds.add("image")
+            kinds.add(modality_of([str(p)]))
         elif kind == "file" and p.suffix.lower() in (".txt",):
             try:
                 lines = [ln.strip() for ln in p.read_text(encoding="utf-8-sig").splitlines() if ln.strip()]
@@ -285,13 +311,14 @@ def load_inputs(items: Sequence[str]) -> tuple[list[str], str]:
                 raise DataError(f"{p} has no non-empty lines.", "write one text per line.")
             out += lines
             kinds.add("text")
-        elif not kind and "\n" not in item and Path(item.strip()).suffix.lower() in IMAGE_EXTENSIONS | {".txt"}:
+        elif not kind and "\n" not in item and Path(item.strip()).suffix.lower() in FILE_EXTENSIONS | {".txt"}:
             raise DataError(f"File {item} does not exist.", "check the path (a text to predict must not end in a file extension).")
         else:
             out.append(item)
             kinds.add("text")
     if len(kinds) > 1:
-        raise DataError("Inputs mix images and texts.", "predict images and texts in separate calls.")
+        names = " and ".join(PLURAL[k] for k in sorted(kinds))
+        raise DataError(f"Inputs mix {names}.", f"predict {names} in separate calls.")
     return out, (kinds.pop() if kinds else "text")
 
 

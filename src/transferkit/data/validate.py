@@ -1,8 +1,8 @@
 """Find every problem in labelled data before training, and leave out unusable samples.
 
 ``validate_data`` checks train/val/test sets and returns a ``Report`` listing all problems, not
-only the first: unusable samples (missing, empty, truncated or unreadable images, text files named
-like images, empty texts), classes of val/test that training never sees, classes without a usable
+only the first: unusable samples (missing, empty, truncated or unreadable images and audio files,
+text files named like images or audio, silent or too short audio, empty texts), classes of val/test that training never sees, classes without a usable
 training example, and duplicates across splits (errors: they leak into evaluation) or within a
 split (warnings). ``screen`` applies ``FitConfig.on_bad_sample`` before any training work.
 """
@@ -23,7 +23,8 @@ from .images import IMAGE_EXTENSIONS, ImageReadError, open_rgb
 
 SPLITS = ("train", "val", "test")
 # problems of one sample that make it unusable (``Report.bad_indices``, ``screen``)
-SAMPLE_KINDS = ("missing_file", "empty_file", "not_an_image", "truncated", "unreadable", "empty_text")
+SAMPLE_KINDS = ("missing_file", "empty_file", "not_an_image", "not_audio", "truncated", "unreadable", "silent", "too_short",
+                "empty_text")
 
 
 @dataclass
@@ -79,7 +80,7 @@ def shorten(item: str, modality: str, width: int = 60) -> str:
     item = " ".join(item.split()) if modality == "text" else item
     if len(item) <= width:
         return item
-    return "…" + item[-(width - 1):] if modality == "image" else item[: width - 1] + "…"
+    return "…" + item[-(width - 1):] if modality != "text" else item[: width - 1] + "…"
 
 
 def check_sample(item: str, modality: str, raw: bytes | None = None) -> tuple[str, str] | None:
@@ -87,6 +88,8 @@ def check_sample(item: str, modality: str, raw: bytes | None = None) -> tuple[st
     (``raw``: its bytes, when already read)."""
     if modality == "text":
         return ("empty_text", "empty text") if not item.strip() else None
+    if modality == "audio":
+        return _check_audio(item)
     if not item:
         return "missing_file", "empty image path"
     suffix = Path(item).suffix.lower()
@@ -101,8 +104,30 @@ def check_sample(item: str, modality: str, raw: bytes | None = None) -> tuple[st
     return None
 
 
-def _check_image(path: str) -> tuple[tuple[str, str] | None, str | None]:
-    """The problem of one image (or None) and the hash of its bytes (None when unusable)."""
+def _check_audio(path: str) -> tuple[str, str] | None:
+    """``(kind, message)`` when an audio file is unusable (decoded in full, at its own rate), else None."""
+    from .audio import AUDIO_EXTENSIONS, AudioReadError, read_audio
+
+    if not path:
+        return "missing_file", "empty audio path"
+    suffix = Path(path).suffix.lower()
+    if suffix not in AUDIO_EXTENSIONS:
+        return "not_audio", f"{path} is not an audio file (extension {suffix or 'none'})."
+    try:
+        read_audio(path)
+    except AudioReadError as e:
+        return e.kind, e.message
+    return None
+
+
+def _check_file(path: str, modality: str = "image") -> tuple[tuple[str, str] | None, str | None]:
+    """The problem of one image or audio file (or None) and the hash of its bytes (None when unusable)."""
+    if modality == "audio":
+        problem = check_sample(path, "audio")
+        if problem is not None:
+            return problem, None
+        with open(path, "rb") as fh:
+            return None, hashlib.sha256(fh.read()).hexdigest()
     if not path or Path(path).suffix.lower() not in IMAGE_EXTENSIONS:
         return check_sample(path, "image"), None
     try:
@@ -123,7 +148,7 @@ def find_bad_samples(data: TaskData, split: str = "train", first_only: bool = Fa
     found = []
     check = lambda x: check_sample(x, data.modality)  # noqa: E731
     # texts are checked in a moment: a pool would only add its overhead
-    pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="transferkit-check") if data.modality == "image" else None
+    pool = ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="transferkit-check") if data.modality != "text" else None
     try:
         for i, (x, problem) in enumerate(zip(data.inputs, pool.map(check, data.inputs) if pool else map(check, data.inputs))):
             if problem is not None:
@@ -137,9 +162,9 @@ def find_bad_samples(data: TaskData, split: str = "train", first_only: bool = Fa
 
 
 def _screened_marker(data: TaskData) -> Path | None:
-    """Cache marker for image data whose every file was decoded fine: keyed by the files' content,
-    so later runs on the same files skip decoding them all again (a changed file changes the key)."""
-    if data.modality != "image" or not len(data):
+    """Cache marker for image or audio data whose every file was decoded fine: keyed by the files'
+    content, so later runs on the same files skip decoding them all again (a changed file changes the key)."""
+    if data.modality == "text" or not len(data):
         return None
     from .._cache import cache_dir
 
@@ -162,8 +187,8 @@ def validate_data(train: TaskData, val: TaskData | None = None, test: TaskData |
     first_seen: dict[str, tuple[str, int]] = {}  # content key -> (split, index) of its first occurrence
     for split, data in parts.items():
         for i, x in enumerate(data.inputs):
-            if data.modality == "image":
-                problem, key = _check_image(x)
+            if data.modality != "text":
+                problem, key = _check_file(x, data.modality)
             else:
                 problem = check_sample(x, "text")
                 key = None if problem else "text:" + " ".join(x.split())
@@ -177,7 +202,7 @@ def validate_data(train: TaskData, val: TaskData | None = None, test: TaskData |
                 continue
             s0, i0 = first_seen[key]
             other = shorten(parts[s0].inputs[i0], data.modality)
-            what = "image bytes" if data.modality == "image" else "text"
+            what = f"{data.modality} bytes" if data.modality != "text" else "text"
             if s0 == split:
                 report.problems.append(Problem("duplicate", split, i, shown, f"same {what} as {split} example {i0} ({other}).", "warning"))
             else:
@@ -204,7 +229,7 @@ def _check_classes(report: Report, parts: dict[str, TaskData]) -> None:
     good_rows = np.setdiff1d(np.arange(len(train)), np.asarray(bad, dtype=np.int64))
     good = _present(train, good_rows)
     all_counts = _present(train)
-    folder = Path(train.source) if train.modality == "image" and train.source else None
+    folder = Path(train.source) if train.modality != "text" and train.source else None
     if folder is not None and folder.is_dir():  # an empty class subfolder is a class with no example
         for sub in sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
             good.setdefault(sub, 0)
@@ -238,7 +263,7 @@ def screen(data: TaskData, split: str, on_bad_sample: str = "error", max_bad_fra
         found = find_bad_samples(data, split, first_only=True)
         if found:
             p = found[0]
-            where = "" if data.modality == "image" else f"{data.source or split} example {p.index + 1}: "
+            where = "" if data.modality != "text" else f"{data.source or split} example {p.index + 1}: "
             also = "" if split == "train" else f" (in the {split} data)"
             raise DataError(f"{where}{p.message.rstrip('.')}{also}.",
                             f"run '{command}' to list every problem, then fix or remove the file, "
@@ -262,7 +287,7 @@ def screen(data: TaskData, split: str, on_bad_sample: str = "error", max_bad_fra
         if lost:
             raise DataError(f"After leaving out {len(bad)} unusable samples, class {lost[0]!r} has no training example left.",
                             f"run '{command}' to list them and fix the data.")
-    clean.skipped = [data.inputs[i] if data.modality == "image" else f"{data.source or split} example {i + 1} (empty text)"
+    clean.skipped = [data.inputs[i] if data.modality != "text" else f"{data.source or split} example {i + 1} (empty text)"
                      for i in sorted(bad)]
     return clean
 

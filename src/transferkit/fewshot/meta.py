@@ -66,10 +66,10 @@ def meta_train(
     base classes.
     """
     from ..data.dataset import TaskData, load_data
+    from ..inputs import autocast, make_augmenter, make_batch, prepare, resolve_device, to_device
     from ..training import seed_everything
     from ..training.callbacks import progress_bar, set_frozen_groups
     from ..training.optim import adamw, clip_gradients, decay_groups, scheduler
-    from ..inputs import Augmenter, autocast, make_batch, prepare, resolve_device, to_device
 
     if metric not in METRICS:
         raise ConfigError(f"Unknown metric {metric!r}.", f"use one of: {', '.join(METRICS)}.")
@@ -87,7 +87,7 @@ def meta_train(
     opt = adamw(decay_groups(params, None, weight_decay, no_decay=[log_scale]), lr)
     sched = scheduler(opt, "cosine", episodes, warm_steps=max(1, int(warmup * episodes)))
     prepared = to_device(prepare(bb, d.inputs, device=dev), dev)
-    aug = Augmenter(bb.preprocess, device=dev) if augment and bb.modality == "image" else None
+    aug = make_augmenter(bb, dev) if augment else None
     bb.to(dev).train()
     for m in frozen_norms:
         m.eval()

@@ -12,7 +12,7 @@ from typing import Protocol
 from ..backbones import create_backbone
 from ..backbones.base import Backbone
 from ..config import FitConfig
-from ..data.dataset import TaskData
+from ..data.dataset import PLURAL, TaskData
 from ..errors import DataError
 from ..heads import head_spec, make_head
 from ..model import TransferModel
@@ -49,14 +49,17 @@ def make_backbone(cfg: FitConfig, pretrained: bool = True) -> Backbone:
         pooling=cfg.pooling,
         max_length=cfg.max_length,
         layer=cfg.layer,
+        window=cfg.audio_window,
+        eval_windows=cfg.audio_eval,
     )
 
 
 def check_modality(backbone: Backbone, data: TaskData, cfg: FitConfig) -> None:
     if backbone.modality != data.modality:
         raise DataError(
-            f"Backbone {cfg.backbone!r} takes {backbone.modality} inputs but the data holds {data.modality}s.",
-            "use an image backbone (e.g. efficientnet_lite0) for images and a text one (e.g. minilm) for texts.",
+            f"Backbone {cfg.backbone!r} takes {backbone.modality} inputs but the data holds {PLURAL.get(data.modality, data.modality)}.",
+            "use an image backbone (e.g. efficientnet_lite0) for images, a text one (e.g. minilm) for texts and an audio one "
+            "(e.g. crepe_tiny, speaker_ge2e) for audio.",
         )
 
 

@@ -26,7 +26,7 @@ __all__ = ["LoRA", "LoraBackbone", "merge", "make_lora_backbone", "parameter_inf
 def make_lora_backbone(cfg: FitConfig) -> LoraBackbone:
     return lora_backbone(cfg.backbone, weights=cfg.backbone_weights, image_size=cfg.image_size, pooling=cfg.pooling,
                          max_length=cfg.max_length, layer=cfg.layer, r=cfg.lora_r, alpha=cfg.lora_alpha,
-                         dropout=cfg.lora_dropout, targets=cfg.lora_targets)
+                         dropout=cfg.lora_dropout, targets=cfg.lora_targets, window=cfg.audio_window, eval_windows=cfg.audio_eval)
 
 
 def parameter_info(model: TransferModel) -> dict[str, int]:

@@ -90,7 +90,8 @@ def stack_backbone(cfg: FitConfig, pretrained: bool = True) -> ConcatBackbone:
         raise ConfigError("--layer does not apply to --strategy stack.", "name a cut layer per member: --backbones minilm,minilm@encoder.layer.3.")
     members = [
         create_backbone(name, pretrained=pretrained, weights=cfg.backbone_weights, image_size=cfg.image_size,
-                        pooling=cfg.pooling, max_length=cfg.max_length, layer=layer)
+                        pooling=cfg.pooling, max_length=cfg.max_length, layer=layer, window=cfg.audio_window,
+                        eval_windows=cfg.audio_eval)
         for name, layer in parse_members(cfg.backbones)
     ]
     return ConcatBackbone(members, normalise=True)

@@ -158,8 +158,7 @@ class Trainer:
         self.x_val = inputs.to_device(inputs.prepare(backbone, val_data.inputs, device=device), device) if val_data is not None else None
         self.lengths = [len(t) for t in train_data.inputs] if backbone.modality == "text" else None
         self.forward_module = rt.wrap(_Forward(torch.compile(backbone) if cfg.compile else backbone, model.head))
-        self.augmenter = (inputs.Augmenter(backbone.preprocess, hflip=cfg.hflip, device=device)
-                          if (cfg.augment and backbone.modality == "image") else None)
+        self.augmenter = inputs.make_augmenter(backbone, device, hflip=cfg.hflip) if cfg.augment else None
         groups = param_groups(model, cfg)
         for term in self.loss_terms:
             term.setup(self)

@@ -168,12 +168,13 @@ def score_backbone(
     device: str = "auto",
     cache: bool = True,
     progress: bool = False,
+    audio_window: float | None = None,
 ) -> list[RankRow]:
     """One row per layer of one backbone (pretrained, or randomly initialised with ``seed``): every
     score on its frozen features, and the seconds it took (features shared evenly by the layers)."""
     torch.manual_seed(seed)  # the random-init control is the same network on every run
     t0 = time.perf_counter()
-    bb = create_backbone(name, pretrained=pretrained, image_size=image_size)
+    bb = create_backbone(name, pretrained=pretrained, image_size=image_size, window=audio_window)
     if bb.modality != data.modality:
         raise DataError(f"Backbone {name!r} takes {bb.modality} inputs but the data holds {data.modality}s.",
                         "rank image backbones on images and text backbones on texts.")
@@ -205,6 +206,7 @@ def rank(
     cache: bool = True,
     progress: bool = True,
     loader: dict[str, Any] | None = None,
+    audio_window: float | None = None,
 ) -> RankReport:
     """Score every (backbone, layer) candidate on ``data`` and order them best first.
 
@@ -232,7 +234,7 @@ def rank(
     for name in names:
         for pretrained in (True, False) if scratch else (True,):
             rows += score_backbone(name, sub, layers, pretrained=pretrained, scores=scores, seed=seed, image_size=image_size,
-                                   batch_size=batch_size, device=device, cache=cache, progress=progress)
+                                   batch_size=batch_size, device=device, cache=cache, progress=progress, audio_window=audio_window)
     over = aggregate(rows, scores)
     rows.sort(key=lambda r: (r.mean_rank if r.mean_rank is not None else np.inf, -r.scores.get("linear_cv", 0.0)))
     return RankReport(

@@ -20,7 +20,7 @@ from .. import checkpoint
 from ..rundir import ensure_free_space, state_bytes, storage_errors
 from .base import Callback, register_callback
 
-DRIFT_REFUSED = ("backbone", "backbone_weights", "strategy", "image_size", "pooling", "max_length", "head")
+DRIFT_REFUSED = ("backbone", "backbone_weights", "strategy", "image_size", "pooling", "max_length", "head", "audio_window")
 
 
 class ResumeError(ConfigError):
