@@ -11,7 +11,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import FitConfig
+from .config import FitConfig, check_int
 from .data.dataset import TaskData, load_data, split_data
 from .data.validate import screen, validate_command
 from .metrics import primary_metric
@@ -270,6 +270,7 @@ def compare(
     """Train each strategy and the scratch baseline on the same split, over ``seeds`` seeds, and
     report the transfer gain on the test set (flagging negative transfer)."""
     cfg = (config or FitConfig()).replace(**overrides) if overrides else (config or FitConfig())
+    check_int(seeds, "--seeds", 1, 1000)
     names = list(dict.fromkeys([*strategies, baseline]))
     for n in names:
         get_strategy(n)
