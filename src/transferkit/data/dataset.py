@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -59,7 +60,36 @@ class TaskData:
         return inputs_digest(self.inputs, self.modality)
 
 
+#: the longest CSV/TSV field read (Python's csv module stops at 128 KiB by default)
+CSV_FIELD_LIMIT = 16 << 20
+
+
+def manifest_row(source: str, index: int) -> str:
+    """How messages name example ``index`` of a manifest: ``data.csv row 7`` (rows counted as
+    ``_load_manifest`` counts them: the header is row 1 of a CSV/TSV, a JSONL starts at row 1)."""
+    return f"{source} row {index + (1 if Path(source).suffix.lower() == '.jsonl' else 2)}"
+
+
+def is_manifest(source: str) -> bool:
+    return Path(source).suffix.lower() in (".csv", ".tsv", ".tab", ".jsonl") and not Path(source).is_dir()
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dupes = [k for i, k in enumerate(keys) if k in keys[:i]]
+    if dupes:
+        raise _DuplicateKey(dupes[0])
+    return dict(pairs)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
 def _read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV/TSV (first line: the header) or JSONL manifest, as dicts. A header naming
+    a column twice, a JSON object with a key twice, a field over ``CSV_FIELD_LIMIT`` and text that
+    is not UTF-8 are refused with the line they are on."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
@@ -68,16 +98,36 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
                 for i, line in enumerate(fh, 1):
                     if line.strip():
                         try:
-                            row = json.loads(line)
+                            row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
                         except json.JSONDecodeError as e:
                             raise DataError(f"{path}:{i} is not valid JSON ({e.msg}).", "fix or remove that line.") from None
+                        except _DuplicateKey as e:
+                            raise DataError(f"{path}:{i} has the key {e.args[0]!r} twice.", "keep one value per key.") from None
+                        except RecursionError:
+                            raise DataError(f"{path}:{i} is nested too deeply to be a manifest row.", "write one flat object per line.") from None
                         if not isinstance(row, dict):
                             raise DataError(f"{path}:{i} is not a JSON object.", 'write one object per line, e.g. {"text": "...", "label": "..."}.')
                         rows.append(row)
             return rows
         delimiter = "\t" if suffix in (".tsv", ".tab") else ","
         with open(path, encoding="utf-8-sig", newline="") as fh:  # -sig: Excel's UTF-8 CSV starts with a BOM
-            return list(csv.DictReader(fh, delimiter=delimiter))
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            before = csv.field_size_limit(CSV_FIELD_LIMIT)
+            try:
+                header = reader.fieldnames or []
+                dupes = [c for i, c in enumerate(header) if c in header[:i]]
+                if dupes:
+                    raise DataError(f"{path} names the column {dupes[0]!r} twice in its header (columns: {', '.join(header)}).",
+                                    "rename or remove one of them, so each column is read for one thing.")
+                return list(reader)
+            except csv.Error as e:
+                where = f"{path} line {reader.line_num}"
+                if "field larger than field limit" in str(e):
+                    raise DataError(f"{where}: a field is longer than {CSV_FIELD_LIMIT >> 20} MiB (or a quote opened there is never closed).",
+                                    "shorten that field, or close the quote.") from None
+                raise DataError(f"{where} cannot be read as CSV ({e}).", "fix that line (quotes, NUL bytes) or remove it.") from None
+            finally:
+                csv.field_size_limit(before)
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text.", "save the manifest as UTF-8 CSV, TSV or JSONL.") from None
 
@@ -166,13 +216,20 @@ def _load_folder(path: Path, label_names: list[str] | None, keep_bad: bool = Fal
         hint = "put images in one subfolder per class (e.g. data/cat/1.jpg, data/dog/2.jpg)."
         raise DataError(f"Folder {path} has no class subfolders" + (f" ({len(loose)} loose images)." if loose else "."), hint)
     inputs, labels = [], []
+    empty = []
     for c in classes:
+        before = len(inputs)
         for f in sorted((path / c).rglob("*")):
             if f.is_file() and not f.name.startswith("."):
                 if f.suffix.lower() not in IMAGE_EXTENSIONS and not keep_bad:
                     raise DataError(f"{f} is not an image file (extension {f.suffix or 'none'}).", "remove it or convert it to PNG/JPEG.")
                 inputs.append(str(f))
                 labels.append(c)
+        if len(inputs) == before:
+            empty.append(c)
+    if empty and label_names is None:  # a class the user made but that training will not know
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        warnings.warn(f"class folder {path / empty[0]}{more} is empty and is left out; add images to it or remove it.", stacklevel=3)
     targets, names = _targets(labels, "classification", "|", str(path), label_names)
     return TaskData(inputs, targets, names, "image", "classification", str(path))
 
@@ -230,10 +287,12 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
     return TaskData(inputs, targets, names, modality, task, str(path))
 
 
-def load_unlabelled(path: str | Path, *, text_column: str | None = None, path_column: str | None = None, label_column: str | None = None) -> TaskData:
+def load_unlabelled(path: str | Path, *, text_column: str | None = None, path_column: str | None = None, label_column: str | None = None,
+                    keep_bad_samples: bool = False) -> TaskData:
     """Inputs without labels (e.g. a target domain): a folder of images (class subfolders or not),
     a manifest with or without a label column, or a .txt file of texts. Targets are all -1; a label
-    column or class subfolders only give ``label_names`` (to check the label set), never targets."""
+    column or class subfolders only give ``label_names`` (to check the label set), never targets.
+    ``keep_bad_samples``: keep a manifest's missing paths and empty texts, for screening."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"Data path {path} does not exist.", "pass an image folder, a CSV/TSV/JSONL manifest or a .txt file.")
@@ -245,7 +304,7 @@ def load_unlabelled(path: str | Path, *, text_column: str | None = None, path_co
         inputs, _ = load_inputs([str(path)])
         data = TaskData(inputs, np.full(len(inputs), -1, dtype=np.int64), [], "text", source=str(path))
     else:
-        data = _load_manifest(path, label_column, text_column, path_column, "classification", "|", None, unlabelled=True)
+        data = _load_manifest(path, label_column, text_column, path_column, "classification", "|", None, keep_bad_samples, unlabelled=True)
     if len(data) == 0:
         raise DataError(f"No examples found in {path}.", "add images or rows.")
     return data
