@@ -12,7 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .config import FitConfig, check_int
-from .data.dataset import TaskData, load_data, split_data
+from .data.dataset import TaskData, load_data, split_data, warn_empty_class_folders
 from .data.validate import screen, validate_command
 from .metrics import primary_metric
 from .model import TransferModel
@@ -61,6 +61,7 @@ def prepare_splits(
     sets' ``skipped`` (those of ``data`` in the train set's)."""
     cfg = cfg or FitConfig()
     full = _as_data(data, loader_kw, keep_bad_samples=True)
+    warn_empty_class_folders(full)
     names = full.label_names if full.task != "regression" else None
     val = _as_data(val_data, loader_kw, names, True) if val_data is not None else None
     test = _as_data(test_data, loader_kw, names, True) if test_data is not None else None

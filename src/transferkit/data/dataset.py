@@ -216,22 +216,27 @@ def _load_folder(path: Path, label_names: list[str] | None, keep_bad: bool = Fal
         hint = "put images in one subfolder per class (e.g. data/cat/1.jpg, data/dog/2.jpg)."
         raise DataError(f"Folder {path} has no class subfolders" + (f" ({len(loose)} loose images)." if loose else "."), hint)
     inputs, labels = [], []
-    empty = []
     for c in classes:
-        before = len(inputs)
         for f in sorted((path / c).rglob("*")):
             if f.is_file() and not f.name.startswith("."):
                 if f.suffix.lower() not in IMAGE_EXTENSIONS and not keep_bad:
                     raise DataError(f"{f} is not an image file (extension {f.suffix or 'none'}).", "remove it or convert it to PNG/JPEG.")
                 inputs.append(str(f))
                 labels.append(c)
-        if len(inputs) == before:
-            empty.append(c)
-    if empty and label_names is None:  # a class the user made but that training will not know
-        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
-        warnings.warn(f"class folder {path / empty[0]}{more} is empty and is left out; add images to it or remove it.", stacklevel=3)
     targets, names = _targets(labels, "classification", "|", str(path), label_names)
     return TaskData(inputs, targets, names, "image", "classification", str(path))
+
+
+def warn_empty_class_folders(data: TaskData) -> None:
+    """One warning line when class subfolders of an image folder hold no file: training data leaves
+    those classes out (the model will not know them)."""
+    folder = Path(data.source) if data.modality == "image" and data.source else None
+    if folder is None or not folder.is_dir():
+        return
+    empty = [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".") and p.name not in data.label_names]
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        warnings.warn(f"class folder {empty[0]}{more} is empty and is left out; add images to it or remove it.", stacklevel=3)
 
 
 def _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names, keep_bad=False, unlabelled=False) -> TaskData:
