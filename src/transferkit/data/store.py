@@ -39,7 +39,6 @@ MMAP_BYTES = 4 << 30  # stores larger than this are memory-mapped rather than re
 JPEG_CHUNK = 128  # images per batched torchvision decode
 STORE_CHUNK = 512  # images decoded, then written, at a time
 FREE_MARGIN = 64 << 20  # room left on the cache's disk after a store is written
-HEADER_MAX = 65536 + 16  # a .npy header is shorter than this
 
 
 def default_decoder(device: str | torch.device | None) -> str:
@@ -219,7 +218,7 @@ def _count(stats: dict | None, key: str) -> None:
 def _load(path: Path, shape: tuple[int, ...], mmap_bytes: int) -> torch.Tensor:
     """Read a store file whose bytes match its recorded SHA-256 (else ``_Damaged``): memory-mapped
     (copy-on-write, so the tensor is writable but the file is never changed) when larger than
-    ``mmap_bytes``, else read into memory (hashed as it is read: one pass over the file)."""
+    ``mmap_bytes``, else read into memory (and hashed there: one read of the file)."""
     expected = sealed_digest(path)
     if expected is None:
         raise ValueError(f"{path} has no checksum")
@@ -228,20 +227,15 @@ def _load(path: Path, shape: tuple[int, ...], mmap_bytes: int) -> torch.Tensor:
             raise _Damaged(path)
         arr = np.load(path, mmap_mode="c", allow_pickle=False)
     else:
-        buf = bytearray(path.stat().st_size)
-        with open(path, "rb", buffering=0) as fh:
-            view, got = memoryview(buf), 0
-            while got < len(buf) and (n := fh.readinto(view[got:])):
-                got += n
-        if got != len(buf) or hashlib.sha256(buf).hexdigest() != expected:
+        arr = np.load(path, allow_pickle=False)
+        if arr.shape != shape or arr.dtype != np.uint8 or not arr.flags.c_contiguous:
+            raise ValueError(f"{path}: shape {arr.shape} {arr.dtype}, expected {shape} uint8")
+        h = hashlib.sha256()
+        with open(path, "rb") as fh:  # the file's bytes: its header, then the array as read
+            h.update(fh.read(path.stat().st_size - arr.nbytes))
+        h.update(memoryview(arr).cast("B"))
+        if h.hexdigest() != expected:
             raise _Damaged(path)
-        head = io.BytesIO(bytes(buf[:HEADER_MAX]))
-        version = np.lib.format.read_magic(head)
-        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        got_shape, fortran, dtype = read_header(head)
-        if fortran or dtype != np.uint8 or int(np.prod(got_shape)) != len(buf) - head.tell():
-            raise ValueError(f"{path}: shape {got_shape} {dtype}, expected {shape} uint8")
-        arr = np.frombuffer(buf, dtype=np.uint8, offset=head.tell()).reshape(got_shape)
     if arr.shape != shape or arr.dtype != np.uint8:
         raise ValueError(f"{path}: shape {arr.shape} {arr.dtype}, expected {shape} uint8")
     return torch.from_numpy(arr)
