@@ -280,8 +280,13 @@ def test_fit_on_a_full_cache_disk_finishes_with_one_warning_per_entry(images, tm
             raise OSError(errno.ENOSPC, "No space left on device")
         return real(target, data)
 
+    real_usage = store_mod.shutil.disk_usage
+
+    def usage(p):  # the cache's disk is full, the run folder's is not
+        return type("U", (), {"free": 0})() if Path(p).is_relative_to(tk_cache) else real_usage(p)
+
     monkeypatch.setattr(_io, "atomic_write_bytes", full)
-    monkeypatch.setattr(store_mod.shutil, "disk_usage", lambda p: type("U", (), {"free": 0})())
+    monkeypatch.setattr(store_mod.shutil, "disk_usage", usage)
     rc = main([str(a) for a in ["fit", images, *PROBE, "--backbone-weights", tiny_timm_weights, "--out", tmp_path / "run"]])
     err = capsys.readouterr().err
     assert rc == 0, err
