@@ -128,7 +128,8 @@ def test_lite0_dog_image_and_cache_reuse(_cache):
     mtime = path.stat().st_mtime_ns
     assert effl.converted_weights_path("efficientnet_lite0") == path
     assert path.stat().st_mtime_ns == mtime
-    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temporary left behind
+    # no temporary left behind: the weights and their checksum only
+    assert sorted(p.name for p in path.parent.iterdir()) == [path.name, path.name + ".sha256"]
     assert effl.original_state_dict("efficientnet_lite0").keys() == _package_state_dict(
         "efficientnet_lite0"
     ).keys()

@@ -252,13 +252,13 @@ def test_fit_skip_aborts_when_too_many_samples_are_bad(bad_folder, tmp_path, tin
 def test_prepare_splits_skip_lists_left_out_samples_and_is_not_repeated(tmp_path, monkeypatch):
     rows = ["text,label"] + [f"word {i},{'ab'[i % 2]}" for i in range(38)] + ['"   ",a', ",b"]
     manifest = write(tmp_path / "t.csv", "\n".join(rows) + "\n")
-    with pytest.raises(DataError, match=r"t\.csv example 39: empty text") as e:
+    with pytest.raises(DataError, match=r"t\.csv row 40: empty text") as e:
         prepare_splits(manifest, cfg=FitConfig())
     assert f"transferkit validate {manifest}" in e.value.fix
     cfg = FitConfig(on_bad_sample="skip")
     train, val, test = prepare_splits(manifest, cfg=cfg)
     assert len(train) + len(val) + len(test) == 38
-    assert train.skipped == [f"{manifest} example 39 (empty text)", f"{manifest} example 40 (empty text)"]
+    assert train.skipped == [f"{manifest} row 40 (empty text)", f"{manifest} row 41 (empty text)"]  # row 1: the header
     assert val.skipped == [] and test.skipped == []
     assert all(x.strip() for part in (train, val, test) for x in part.inputs)
     import transferkit.data.validate as validate

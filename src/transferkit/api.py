@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .config import FitConfig
-from .data.dataset import TaskData, load_data, split_data
+from .config import FitConfig, check_int
+from .data.dataset import TaskData, load_data, split_data, warn_empty_class_folders
 from .data.validate import screen, validate_command
 from .metrics import primary_metric
 from .model import TransferModel
@@ -62,6 +62,7 @@ def prepare_splits(
     sets' ``skipped`` (those of ``data`` in the train set's)."""
     cfg = cfg or FitConfig()
     full = _as_data(data, loader_kw, keep_bad_samples=True)
+    warn_empty_class_folders(full)
     names = full.label_names if full.task != "regression" else None
     val = _as_data(val_data, loader_kw, names, True) if val_data is not None else None
     test = _as_data(test_data, loader_kw, names, True) if test_data is not None else None
@@ -280,6 +281,7 @@ def compare(
     """Train each strategy and the scratch baseline on the same split, over ``seeds`` seeds, and
     report the transfer gain on the test set (flagging negative transfer)."""
     cfg = (config or FitConfig()).replace(**overrides) if overrides else (config or FitConfig())
+    check_int(seeds, "--seeds", 1, 1000)
     names = list(dict.fromkeys([*strategies, baseline]))
     for n in names:
         get_strategy(n)

@@ -7,6 +7,7 @@ import inspect
 import json
 import sys
 import typing
+import warnings
 from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any, List, Optional
@@ -178,7 +179,10 @@ def predict(
 ):
     """Predict labels and probabilities for images or texts."""
     from .api import load_model_dir
+    from .config import check_int
 
+    check_int(batch_size, "--batch-size", 1)  # before loading anything
+    check_int(top_k, "--top-k", 1)
     model = load_model_dir(model_dir)
     items, kind = _inputs_for(model.modality, inputs)
     _print_predictions(model.predict(items, batch_size=batch_size, top_k=top_k, device=device, support=support), kind, top_k, as_json)
@@ -495,8 +499,12 @@ def fewshot(
 ):
     """Classify QUERIES into the classes of a small labelled support set by nearest class prototype (no training)."""
     from .api import load_model_dir
+    from .config import check_image_size, check_int
+
     from .fewshot import prototype_model
 
+    check_int(top_k, "--top-k", 1)
+    check_image_size(image_size)
     _check_save(save, overwrite)
     bb = load_model_dir(model_dir) if model_dir is not None else backbone
     model = prototype_model(support, backbone=bb, metric=metric, image_size=image_size, backbone_weights=backbone_weights,
@@ -566,8 +574,11 @@ def zeroshot(
     device: str = typer.Option("auto"),
 ):
     """Classify INPUTS into classes known only by their names, descriptions or attributes."""
+    from .config import check_image_size, check_int
     from .zeroshot import zeroshot_model
 
+    check_int(top_k, "--top-k", 1)
+    check_image_size(image_size)
     _check_save(save, overwrite)
     model = zeroshot_model(labels, labels_file=labels_file, backbone=backbone, templates=template or None, seen=seen,
                            attributes=attributes, text_encoder=text_encoder, calibration=calibration, image_size=image_size,
@@ -675,12 +686,19 @@ def _root(debug: bool = typer.Option(False, "--debug", help="show full traceback
     _STATE["debug"] = debug
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return "warning: " + " ".join(str(message).split()) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors print one line and exit non-zero (traceback with --debug)."""
     from rich.markup import escape  # messages hold paths and lists: "[...]" must not be read as markup
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    before = warnings.formatwarning
+    if not debug:  # a warning is one line, "warning: ...", not a source location and a line of code
+        warnings.formatwarning = _one_line_warning
     try:
         rc = app(args=argv, prog_name="transferkit", standalone_mode=False)  # typer.Exit(n) in a command returns n
     except (TransferkitError, Preempted) as e:
@@ -708,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err.print(f"[red]error:[/red] {escape(f'{type(e).__name__}: {e}')} (run with --debug for the traceback)", highlight=False, soft_wrap=True)
         return 1
+    finally:
+        warnings.formatwarning = before
     return rc if isinstance(rc, int) and not isinstance(rc, bool) else 0
 
 

@@ -2,11 +2,85 @@
 
 from __future__ import annotations
 
+import functools
+import math
+import numbers
+import os
+import typing
 import warnings
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from .errors import ConfigError
+
+#: the largest ``--image-size``: one 2048 px image already takes 14 MB decoded (at crop 0.875)
+MAX_IMAGE_SIZE = 2048
+MIN_IMAGE_SIZE = 16
+SEED_MAX = 2**32 - 1  # numpy's seed range
+
+
+def option(name: str) -> str:
+    """The CLI spelling of a config field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def check_image_size(value: int | None, name: str = "--image-size") -> None:
+    """``value`` in pixels, or None (the weights' own size)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be a whole number of pixels (got {value!r}).", "pass e.g. 224.")
+    if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+        raise ConfigError(f"{name} {value} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels.",
+                          f"pass a size in that range (the weights' own, e.g. 224, when unsure).")
+
+
+def check_int(value: Any, name: str, low: int | None = 1, high: int | None = None) -> None:
+    """``value`` is a whole number in ``[low, high]`` (a bound of None: open)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ConfigError(f"{name} must be a whole number (got {value!r}).", "pass e.g. 1.")
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"at least {low}" if high is None else f"at most {high}" if low is None else f"in {low}..{high}"
+        raise ConfigError(f"{name} must be {span} (got {value}).", f"pass a value {span}.")
+
+
+def check_float(value: Any, name: str) -> None:
+    """``value`` is a finite real number (no NaN, no infinity)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ConfigError(f"{name} must be a number (got {value!r}).", "pass e.g. 0.001.")
+    if not math.isfinite(value):
+        raise ConfigError(f"{name} must be a finite number (got {value}).", "pass a finite value such as 0.001.")
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, tuple[type, bool]]:
+    """Per field: (its base type, whether None is allowed)."""
+    out = {}
+    for name, ann in typing.get_type_hints(cls).items():
+        args = typing.get_args(ann)
+        optional = type(None) in args
+        base = next((a for a in args if a is not type(None)), ann) if args else ann
+        out[name] = (base, optional)
+    return out
+
+
+def check_field_types(obj: Any) -> None:
+    """Every field of a config dataclass has its declared type: whole numbers for ``int``, finite
+    numbers for ``float`` (NaN and infinity are refused), ``True``/``False`` for ``bool``."""
+    for name, (base, optional) in _field_types(type(obj)).items():
+        value = getattr(obj, name)
+        if value is None and optional:
+            continue
+        if base is float:
+            check_float(value, option(name))
+        elif base is int:
+            check_int(value, option(name), low=None)
+        elif base is bool and not isinstance(value, bool):
+            raise ConfigError(f"{option(name)} must be true or false (got {value!r}).", f"pass {option(name)} or --no-{option(name)[2:]}.")
+        elif base is str and isinstance(value, os.PathLike):
+            setattr(obj, name, os.fspath(value))  # a Path given from Python
+        elif base is str and not isinstance(value, str):
+            raise ConfigError(f"{option(name)} must be text (got {value!r}).", "pass a string.")
 
 _CHOICES = {
     "schedule": ("cosine", "onecycle"),
@@ -77,6 +151,9 @@ class FitConfig:
     lora_targets: str | None = None  # lora: regex over layer names; default q/v projections (text), 1x1 convs + linear (timm)
 
     def __post_init__(self) -> None:
+        if isinstance(self.checkpoint_every, int) and not isinstance(self.checkpoint_every, bool):
+            self.checkpoint_every = str(self.checkpoint_every)  # checkpoint_every=2 from Python: epochs
+        check_field_types(self)
         for name, choices in _CHOICES.items():
             value = getattr(self, name)
             if value not in choices:
@@ -89,8 +166,19 @@ class FitConfig:
             raise ConfigError(f"--freeze must be >= 0 (got {self.freeze}).", "pass the number of layer groups to keep frozen.")
         if self.audio_window is not None and not 0.1 <= self.audio_window <= 60:
             raise ConfigError(f"--audio-window {self.audio_window:g} is outside 0.1..60 seconds.", "pass a window in seconds, e.g. 1.0.")
-        if self.image_size is not None and self.image_size < 16:
-            raise ConfigError(f"--image-size {self.image_size} is too small.", "use at least 16 pixels.")
+        check_image_size(self.image_size)
+        for name in ("seed", "split_seed"):
+            check_int(getattr(self, name), option(name), 0, SEED_MAX)
+        if self.patience < 0:
+            raise ConfigError(f"--patience must be >= 0 (got {self.patience}).", "pass 0 (no early stopping) or more epochs.")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0 (got {self.weight_decay}).", "pass e.g. 0.01.")
+        for name in ("val_fraction", "test_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{option(name)} must be in [0, 1) (got {getattr(self, name)}).", "pass a fraction such as 0.15.")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ConfigError(f"--val-fraction {self.val_fraction} and --test-fraction {self.test_fraction} leave nothing to train on.",
+                              "make their sum below 1 (default 0.15 each).")
         for name in ("dropout", "label_smoothing", "warmup"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1).", "pass a fraction.")
@@ -167,6 +255,7 @@ class AdaptConfig:
     discriminator_hidden: int = 1024  # DANN: width of the domain classifier
 
     def __post_init__(self) -> None:
+        check_field_types(self)
         if self.select not in SELECTIONS:
             raise ConfigError(f"Invalid --select {self.select!r}.", f"use one of: {', '.join(SELECTIONS)}.")
         for name in ("threshold", "class_fraction", "pseudo_start"):

@@ -12,8 +12,7 @@ import json
 import numpy as np
 import torch
 
-from ._cache import cache_dir
-from ._io import atomic_path
+from ._cache import cache_dir, read_entry, write_entry
 from .backbones.base import Backbone
 from .backbones.layers import OUTPUT, dummy_batch, pooled_layers
 from .inputs import autocast, make_batch, prepare, resolve_device, to_device
@@ -101,11 +100,12 @@ def extract_layer_features(
         f"|{','.join(layers)}".encode()
     ).hexdigest()[:32]
     path = cache_dir("features") / f"{key}.safetensors"
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load, save
 
-    if path.is_file():
+    raw = read_entry(path)  # None for a damaged entry (bytes differ from its checksum): recomputed, with a warning
+    if raw is not None:
         try:
-            feats = load_file(str(path))
+            feats = load(raw)
             if all(feats[n].shape[0] == len(data) for n in layers):
                 if stats is not None:
                     stats["cache_hit"] = stats.get("cache_hit", 0) + 1
@@ -113,8 +113,7 @@ def extract_layer_features(
         except Exception:
             pass  # unreadable or incomplete cache entry: recompute and overwrite
     feats = compute_layer_features(backbone, data.inputs, layers, batch_size, device, progress)
-    with atomic_path(path) as tmp:
-        save_file({n: t.contiguous() for n, t in feats.items()}, str(tmp))
+    write_entry(path, save({n: t.contiguous() for n, t in feats.items()}))
     if stats is not None:
         stats["computed"] = stats.get("computed", 0) + 1
     return feats

@@ -18,6 +18,7 @@ from torch import nn
 
 from .backbones import backbone_from_recipe
 from .backbones.base import Backbone
+from .config import check_int
 from .errors import DataError, ModelLoadError
 from ._cache import file_digest
 from .heads import make_head
@@ -59,6 +60,7 @@ class TransferModel(nn.Module):
         """Raw outputs (logits or regression values) for raw inputs, in order."""
         from .inputs import autocast, make_batch, prepare, resolve_device
 
+        check_int(batch_size, "--batch-size", 1)
         dev = resolve_device(device) if isinstance(device, str) else device
         if prepared is None:  # new inputs: decoded for this call (on the GPU for JPEGs on CUDA), not cached
             prepared = prepare(self.backbone, list(inputs), device=dev, cache=False)
@@ -82,6 +84,9 @@ class TransferModel(nn.Module):
 
         ``support`` (labelled data: class folders, a manifest or ``TaskData``): classify into the
         support set's classes instead, by nearest prototype of this model's backbone features."""
+        check_int(batch_size, "--batch-size", 1)
+        if top_k is not None:
+            check_int(top_k, "--top-k", 1)
         if support is not None:
             from .fewshot import prototype_model
 
@@ -210,12 +215,13 @@ class TransferModel(nn.Module):
                 f"{folder} is not a transferkit model folder (needs config.json and model.safetensors).",
                 "pass the folder written by 'transferkit fit' or model.save().",
             )
-        try:
-            cfg = json.loads(cfg_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelLoadError(f"{cfg_path} is not valid JSON ({e.msg}).", "re-save the model.") from None
-        if cfg.get("format_version", 0) > FORMAT_VERSION:
+        from ._schema import check_model_config, read_model_config
+
+        cfg = read_model_config(cfg_path)  # bounded size and nesting
+        version = cfg.get("format_version", 0)
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
             raise ModelLoadError(f"{folder} was saved by a newer transferkit ({cfg.get('transferkit_version')}).", "upgrade transferkit.")
+        check_model_config(cfg, cfg_path)  # types, bounds and cross-field rules, before anything is built
         expected = cfg.get("checksums", {}).get("model.safetensors")
         if expected and file_digest(weights) != expected:
             raise ModelLoadError(f"{weights} is corrupted (its checksum differs from the one saved in config.json).",

@@ -43,13 +43,19 @@ def read_labels(labels: str | Sequence[str] | None = None, labels_file: str | Pa
         path = Path(labels_file)
         if not path.is_file():
             raise DataError(f"Labels file {path} does not exist.", "pass a text file with one label per line.")
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise DataError(f"Labels file {path} is not UTF-8 text.", "save it as UTF-8, one label per line.") from None
         if path.suffix.lower() in (".csv", ".tsv"):
-            rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if path.suffix.lower() == ".tsv" else ","))
+            from .data.dataset import _read_rows
+
+            rows = _read_rows(path)  # duplicate columns, over-long fields: one clear line
             if not rows or "label" not in rows[0]:
                 raise DataError(f"{path} has no 'label' column.", "give a header 'label,description' (description optional).")
-            names = [r["label"].strip() for r in rows]
-            descriptions = {r["label"].strip(): (r.get("description") or "").strip() for r in rows if (r.get("description") or "").strip()}
+            names = [(r.get("label") or "").strip() for r in rows]
+            descriptions = {(r.get("label") or "").strip(): (r.get("description") or "").strip() for r in rows
+                            if (r.get("description") or "").strip()}
         else:
             names = []
             for line in text.splitlines():
@@ -78,8 +84,13 @@ def read_attributes(path: str | Path, names: Sequence[str]) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"Attributes file {path} does not exist.", "pass a CSV with a 'class' column and one column per attribute.")
-    with open(path, encoding="utf-8", newline="") as fh:
-        rows = list(csv.reader(fh))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            rows = list(csv.reader(fh))
+    except UnicodeDecodeError:
+        raise DataError(f"Attributes file {path} is not UTF-8 text.", "save it as UTF-8 CSV.") from None
+    except csv.Error as e:
+        raise DataError(f"Attributes file {path} cannot be read as CSV ({e}).", "fix the quoting or remove NUL bytes.") from None
     if len(rows) < 2 or len(rows[0]) < 2:
         raise DataError(f"{path} has no attribute columns.", "header: class,attr1,attr2,... then one row per class.")
     header, body = rows[0], rows[1:]

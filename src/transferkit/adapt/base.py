@@ -48,6 +48,13 @@ class _LabelsHidden(TaskData):
     def targets(self, value):
         self._hidden_targets = value
 
+    def subset(self, idx) -> "TaskData":  # a part of a hidden set stays hidden (e.g. unusable samples left out)
+        idx = np.asarray(idx, dtype=np.int64)
+        out = _LabelsHidden([self.inputs[i] for i in idx], self._hidden_targets[idx], list(self.label_names), self.modality, self.task,
+                            self.source)
+        out.skipped = [] if self.skipped is not None else None
+        return out
+
 
 def hide_labels(data: TaskData) -> TaskData:
     """The same inputs with labels that raise when read: pass a target set through it to prove

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import AdaptConfig, FitConfig
+from ..config import AdaptConfig, FitConfig, check_int
 from ..data.dataset import PLURAL, TaskData, load_data, load_unlabelled
+from ..data.validate import screen, validate_command
 from ..training import seed_everything, train
 from ..errors import DataError
 from ..model import TransferModel
@@ -141,21 +142,28 @@ def _adapt(source, target, *, target_test, config, adapt_config, seeds, baseline
     fit_over = {k: v for k, v in overrides.items() if k not in a_keys}
     cfg = (config or FitConfig()).replace(**fit_over) if fit_over else (config or FitConfig())
     names = parse_methods(acfg.method)
-    if seeds < 1:
-        from ..errors import ConfigError
-
-        raise ConfigError(f"--seeds must be at least 1 (got {seeds}).", "pass 1 or more.")
+    check_int(seeds, "--seeds", 1, 1000)
     loader = dict(loader or {})
     train_data, val, test = prepare_splits(source, None, None, cfg, **loader)
     if train_data.task != "classification":
         raise DataError("Domain adaptation supports single-label classification.", "pass a classification task.")
     if not isinstance(target, TaskData):
-        target = load_unlabelled(target, text_column=loader.get("text_column"), path_column=loader.get("path_column"))
+        target = load_unlabelled(target, text_column=loader.get("text_column"), path_column=loader.get("path_column"),
+                                 keep_bad_samples=True)
     check_target(train_data, target)
+    # every target input is checked (--on-bad-sample) before any training, not when adaptation reaches it
+    target = screen(target, "target", cfg.on_bad_sample, cfg.max_bad_fraction, validate_command(target.source))
+    if target.skipped and target_labels_for_report is not None:  # rows left out: the labels no longer line up
+        import warnings
+
+        warnings.warn("pseudo-label accuracy is not reported: unusable target samples were left out.", stacklevel=2)
+        target_labels_for_report = None
     tgt_test = None
     if target_test is not None:
-        tgt_test = target_test if isinstance(target_test, TaskData) else load_data(target_test, label_names=train_data.label_names, **loader)
+        tgt_test = target_test if isinstance(target_test, TaskData) else load_data(
+            target_test, label_names=train_data.label_names, keep_bad_samples=True, **loader)
         check_target(train_data, tgt_test, "target test")
+        tgt_test = screen(tgt_test, "target test", cfg.on_bad_sample, cfg.max_bad_fraction, validate_command(tgt_test.source))
     if acfg.method == "auto":
         acfg = acfg.replace(method=resolve_method("auto", make_backbone(cfg, pretrained=False)))
         names = parse_methods(acfg.method)

@@ -130,6 +130,13 @@ def create_backbone(
     ``window`` (seconds; default the weights' own) and ``eval_windows`` (``center`` | ``sliding``)
     set how audio backbones window their clips.
     """
+    from ..config import check_image_size
+
+    check_image_size(image_size)
+    if weights is not None and not str(name).startswith("timm/"):
+        # the other families take their weights from their package or folder: a file here would be ignored
+        raise ConfigError(f"--backbone-weights applies to timm/<arch> backbones only, not to {name!r}.",
+                          _weights_fix(name))
     backbone = _create(name, pretrained=pretrained, weights=weights, image_size=image_size, pooling=pooling, max_length=max_length,
                        window=window, eval_windows=eval_windows)
     if layer and layer != "output":
@@ -137,6 +144,14 @@ def create_backbone(
 
         return CutBackbone(backbone, layer)
     return backbone
+
+
+def _weights_fix(name: str) -> str:
+    if name in BACKBONES and name.startswith("efficientnet_lite"):
+        from .efficientnet_lite import timm_arch
+
+        return f"drop --backbone-weights, or load your own weights with --backbone timm/{timm_arch(name)} --backbone-weights FILE.safetensors."
+    return "drop --backbone-weights (a model folder holds its own weights), or use --backbone timm/<arch> --backbone-weights FILE.safetensors."
 
 
 def _create(name: str, *, pretrained: bool, weights, image_size, pooling: str, max_length, window=None, eval_windows="center") -> Backbone:

@@ -65,11 +65,17 @@ class ClipBackbone(Backbone):
 
         _quiet_transformers()
         src, local = str(name_or_path), Path(name_or_path).is_dir()
+        if local:
+            from .hf_text import check_hf_folder
+
+            check_hf_folder(src)
         try:
-            config = CLIPConfig.from_pretrained(src, local_files_only=local)
-            self.tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local)
+            # trust_remote_code=False everywhere: a model's own Python never runs, and transformers never prompts
+            config = CLIPConfig.from_pretrained(src, local_files_only=local, trust_remote_code=False)
+            self.tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local, trust_remote_code=False)
             if pretrained:
-                model, info = CLIPModel.from_pretrained(src, config=config, output_loading_info=True, local_files_only=local)
+                model, info = CLIPModel.from_pretrained(src, config=config, output_loading_info=True, local_files_only=local,
+                                                    trust_remote_code=False)
                 missing = list(info.get("missing_keys", []))
                 if missing:
                     raise ModelLoadError(f"Weights in {src} miss {len(missing)} tensors (e.g. {missing[:2]}).",
@@ -86,7 +92,7 @@ class ClipBackbone(Backbone):
                 "preprocessor_config.json); online, a hub name such as clip/openai/clip-vit-base-patch32.",
             ) from None
         try:
-            processor = CLIPImageProcessor.from_pretrained(src, local_files_only=local).to_dict()
+            processor = CLIPImageProcessor.from_pretrained(src, local_files_only=local, trust_remote_code=False).to_dict()
         except Exception:  # no preprocessor_config.json: the vision config's size and OpenAI mean/std
             processor = None
         self.model = model

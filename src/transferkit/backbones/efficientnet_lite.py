@@ -14,8 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .._cache import cache_dir, file_digest
-from .._io import atomic_path
+from .._cache import cache_dir, entry_ok, file_digest, write_entry
 from ..errors import ConfigError, ModelLoadError
 
 #: short name -> (python module, class name, timm arch)
@@ -110,12 +109,11 @@ def converted_weights_path(short_name: str) -> Path:
     source_path = _source_path(short_name)
     digest = file_digest(source_path)
     target = cache_dir("weights") / f"{short_name}-{digest[:16]}.safetensors"
-    if target.is_file():
+    if entry_ok(target):  # a damaged copy (bytes differ from its checksum) is converted again, with a warning
         return target
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     weights = _convert(short_name, original_state_dict(short_name))
     metadata = {"format": "pt", "timm_arch": timm_arch(short_name), "source_sha256": digest}
-    with atomic_path(target) as tmp:
-        save_file(weights, str(tmp), metadata=metadata)
+    write_entry(target, save(weights, metadata=metadata), required=True)  # the backbone loads it from there
     return target

@@ -11,6 +11,39 @@ from ..errors import ConfigError, ModelLoadError
 from .base import Backbone, TextPreprocess, group_by_patterns, preprocess_from_dict
 
 
+#: files of a Hugging Face folder that may ask transformers to import the folder's own Python
+_HF_JSON = ("config.json", "tokenizer_config.json", "preprocessor_config.json", "processor_config.json")
+
+
+def check_hf_folder(path: str | Path) -> None:
+    """Refuse a local Hugging Face folder that would make transformers run the folder's own code
+    (an ``auto_map`` in its config files) or whose ``model_type`` transformers does not know,
+    before transformers reads it (it would prompt "Do you wish to run the custom code?").
+    Every load passes ``trust_remote_code=False`` as well."""
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    path = Path(path)
+    for name in _HF_JSON:
+        f = path / name
+        if not f.is_file():
+            continue
+        try:
+            cfg = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+            raise ConfigError(f"{f} is not a readable JSON file.", "restore the model folder (or re-save it with save_pretrained).") from None
+        if not isinstance(cfg, dict):
+            raise ConfigError(f"{f} does not hold a JSON object.", "restore the model folder (or re-save it with save_pretrained).")
+        if "auto_map" in cfg:
+            raise ConfigError(f"{f} has an 'auto_map': the folder {path} asks to run its own Python code, which transferkit never does.",
+                              "use a model whose architecture transformers ships (a standard model_type), without auto_map.")
+        if name == "config.json" and cfg.get("model_type") not in CONFIG_MAPPING:
+            raise ConfigError(f"{f} has model_type {cfg.get('model_type')!r}, which the installed transformers does not know "
+                              "(transferkit never runs a model folder's own code).",
+                              "use a model whose architecture transformers ships (e.g. bert), or upgrade transformers.")
+
+
 def _quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
@@ -40,12 +73,15 @@ class HFTextBackbone(Backbone):
         if pooling not in ("mean", "cls"):
             raise ConfigError(f"Unknown pooling {pooling!r}.", "use --pooling mean or --pooling cls.")
         local = Path(name_or_path).is_dir()
+        if local:
+            check_hf_folder(name_or_path)
         try:
-            config = _config or AutoConfig.from_pretrained(str(name_or_path), local_files_only=local)
-            self.tokenizer = _tokenizer or AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=local)
+            # trust_remote_code=False everywhere: a model's own Python never runs, and transformers never prompts
+            config = _config or AutoConfig.from_pretrained(str(name_or_path), local_files_only=local, trust_remote_code=False)
+            self.tokenizer = _tokenizer or AutoTokenizer.from_pretrained(str(name_or_path), local_files_only=local, trust_remote_code=False)
             if pretrained:
                 model, info = AutoModel.from_pretrained(
-                    str(name_or_path), config=config, output_loading_info=True, local_files_only=local
+                    str(name_or_path), config=config, output_loading_info=True, local_files_only=local, trust_remote_code=False
                 )
                 missing = [k for k in info.get("missing_keys", []) if "pooler" not in k]
                 if missing:
@@ -54,7 +90,7 @@ class HFTextBackbone(Backbone):
                         "use a complete model folder.",
                     )
             else:
-                model = AutoModel.from_config(config)
+                model = AutoModel.from_config(config, trust_remote_code=False)
         except (ConfigError, ModelLoadError):
             raise
         except Exception as e:

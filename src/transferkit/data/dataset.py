@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -76,7 +77,36 @@ class TaskData:
         return inputs_digest(self.inputs, self.modality)
 
 
+#: the longest CSV/TSV field read (Python's csv module stops at 128 KiB by default)
+CSV_FIELD_LIMIT = 16 << 20
+
+
+def manifest_row(source: str, index: int) -> str:
+    """How messages name example ``index`` of a manifest: ``data.csv row 7`` (rows counted as
+    ``_load_manifest`` counts them: the header is row 1 of a CSV/TSV, a JSONL starts at row 1)."""
+    return f"{source} row {index + (1 if Path(source).suffix.lower() == '.jsonl' else 2)}"
+
+
+def is_manifest(source: str) -> bool:
+    return Path(source).suffix.lower() in (".csv", ".tsv", ".tab", ".jsonl") and not Path(source).is_dir()
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    dupes = [k for i, k in enumerate(keys) if k in keys[:i]]
+    if dupes:
+        raise _DuplicateKey(dupes[0])
+    return dict(pairs)
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
 def _read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV/TSV (first line: the header) or JSONL manifest, as dicts. A header naming
+    a column twice, a JSON object with a key twice, a field over ``CSV_FIELD_LIMIT`` and text that
+    is not UTF-8 are refused with the line they are on."""
     suffix = path.suffix.lower()
     try:
         if suffix == ".jsonl":
@@ -85,16 +115,36 @@ def _read_rows(path: Path) -> list[dict[str, str]]:
                 for i, line in enumerate(fh, 1):
                     if line.strip():
                         try:
-                            row = json.loads(line)
+                            row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
                         except json.JSONDecodeError as e:
                             raise DataError(f"{path}:{i} is not valid JSON ({e.msg}).", "fix or remove that line.") from None
+                        except _DuplicateKey as e:
+                            raise DataError(f"{path}:{i} has the key {e.args[0]!r} twice.", "keep one value per key.") from None
+                        except RecursionError:
+                            raise DataError(f"{path}:{i} is nested too deeply to be a manifest row.", "write one flat object per line.") from None
                         if not isinstance(row, dict):
                             raise DataError(f"{path}:{i} is not a JSON object.", 'write one object per line, e.g. {"text": "...", "label": "..."}.')
                         rows.append(row)
             return rows
         delimiter = "\t" if suffix in (".tsv", ".tab") else ","
         with open(path, encoding="utf-8-sig", newline="") as fh:  # -sig: Excel's UTF-8 CSV starts with a BOM
-            return list(csv.DictReader(fh, delimiter=delimiter))
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            before = csv.field_size_limit(CSV_FIELD_LIMIT)
+            try:
+                header = reader.fieldnames or []
+                dupes = [c for i, c in enumerate(header) if c in header[:i]]
+                if dupes:
+                    raise DataError(f"{path} names the column {dupes[0]!r} twice in its header (columns: {', '.join(header)}).",
+                                    "rename or remove one of them, so each column is read for one thing.")
+                return list(reader)
+            except csv.Error as e:
+                where = f"{path} line {reader.line_num}"
+                if "field larger than field limit" in str(e):
+                    raise DataError(f"{where}: a field is longer than {CSV_FIELD_LIMIT >> 20} MiB (or a quote opened there is never closed).",
+                                    "shorten that field, or close the quote.") from None
+                raise DataError(f"{where} cannot be read as CSV ({e}).", "fix that line (quotes, NUL bytes) or remove it.") from None
+            finally:
+                csv.field_size_limit(before)
     except UnicodeDecodeError:
         raise DataError(f"{path} is not UTF-8 text.", "save the manifest as UTF-8 CSV, TSV or JSONL.") from None
 
@@ -202,6 +252,18 @@ def _load_folder(path: Path, label_names: list[str] | None, keep_bad: bool = Fal
     return TaskData(inputs, targets, names, modality, "classification", str(path))
 
 
+def warn_empty_class_folders(data: TaskData) -> None:
+    """One warning line when class subfolders of an image folder hold no file: training data leaves
+    those classes out (the model will not know them)."""
+    folder = Path(data.source) if data.modality in ("image", "audio") and data.source else None
+    if folder is None or not folder.is_dir():
+        return
+    empty = [p for p in sorted(folder.iterdir()) if p.is_dir() and not p.name.startswith(".") and p.name not in data.label_names]
+    if empty:
+        more = f" (and {len(empty) - 1} more)" if len(empty) > 1 else ""
+        warnings.warn(f"class folder {empty[0]}{more} is empty and is left out; add images to it or remove it.", stacklevel=3)
+
+
 def _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names, keep_bad=False, unlabelled=False) -> TaskData:
     if path.suffix.lower() not in (".csv", ".tsv", ".tab", ".jsonl"):
         raise DataError(f"{path} is neither a folder nor a .csv/.tsv/.jsonl manifest.", "pass an image folder or a manifest file.")
@@ -256,10 +318,12 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
     return TaskData(inputs, targets, names, modality, task, str(path))
 
 
-def load_unlabelled(path: str | Path, *, text_column: str | None = None, path_column: str | None = None, label_column: str | None = None) -> TaskData:
+def load_unlabelled(path: str | Path, *, text_column: str | None = None, path_column: str | None = None, label_column: str | None = None,
+                    keep_bad_samples: bool = False) -> TaskData:
     """Inputs without labels (e.g. a target domain): a folder of images or audio files (class
-    subfolders or not), a manifest with or without a label column, or a .txt file of texts. Targets are all -1; a label
-    column or class subfolders only give ``label_names`` (to check the label set), never targets."""
+    subfolders or not), a manifest with or without a label column, or a .txt file of texts. Targets
+    are all -1; a label column or class subfolders only give ``label_names`` (to check the label
+    set), never targets. ``keep_bad_samples``: keep a manifest's missing paths and empty texts, for screening."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"Data path {path} does not exist.", "pass an image folder, a CSV/TSV/JSONL manifest or a .txt file.")
@@ -271,7 +335,7 @@ def load_unlabelled(path: str | Path, *, text_column: str | None = None, path_co
         inputs, _ = load_inputs([str(path)])
         data = TaskData(inputs, np.full(len(inputs), -1, dtype=np.int64), [], "text", source=str(path))
     else:
-        data = _load_manifest(path, label_column, text_column, path_column, "classification", "|", None, unlabelled=True)
+        data = _load_manifest(path, label_column, text_column, path_column, "classification", "|", None, keep_bad_samples, unlabelled=True)
     if len(data) == 0:
         raise DataError(f"No examples found in {path}.", "add images or rows.")
     return data

@@ -17,12 +17,18 @@ IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".
 
 _INTERP = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1, "box": 4, "hamming": 5}
 
+#: the most one side of an image may exceed the other: resizing the shorter side to R makes an
+#: R x (R * ratio) intermediate image (a 1 x 1,000,000 PNG would need 200 GB at R = 256)
+MAX_ASPECT = 50
+
 
 class ImageReadError(DataError):
     """An image file that cannot be used; ``kind`` says why.
 
     Kinds: ``missing_file``, ``empty_file`` (0 bytes), ``not_an_image`` (e.g. a text or HTML file
-    named .jpg), ``truncated`` (the file ends early) or ``unreadable`` (unknown format, broken data).
+    named .jpg), ``truncated`` (the file ends early), ``too_large`` (more pixels than Pillow's
+    ``Image.MAX_IMAGE_PIXELS``, or sides more than ``MAX_ASPECT`` times apart) or ``unreadable``
+    (unknown format, broken data).
     """
 
     def __init__(self, kind: str, message: str, fix: str | None = None):
@@ -61,6 +67,19 @@ def _unidentified(path: str | Path, raw: bytes | None) -> ImageReadError:
     return ImageReadError("unreadable", f"Cannot read image {path} (not an image format Pillow knows).", "remove or replace the file.")
 
 
+def check_size(path: str | Path, w: int, h: int) -> None:
+    """Refuse an image whose decoded size is unreasonable, from its header alone (before decoding)."""
+    from PIL import Image
+
+    limit = Image.MAX_IMAGE_PIXELS  # Pillow's decompression-bomb bound; None when a user lifted it
+    if limit and w * h > limit:
+        raise ImageReadError("too_large", f"Image {path} is {w}x{h} pixels, more than the {limit:,} that PIL.Image.MAX_IMAGE_PIXELS allows.",
+                             "downscale it (or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file).")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageReadError("too_large", f"Image {path} is {w}x{h} pixels: one side is more than {MAX_ASPECT} times the other.",
+                             "crop it to the part that matters, or remove it.")
+
+
 def open_rgb(path: str | Path, data: bytes | None = None):
     """Open an image as RGB PIL image, applying EXIF orientation and compositing transparency on white.
 
@@ -75,6 +94,7 @@ def open_rgb(path: str | Path, data: bytes | None = None):
         if (len(data) if data is not None else Path(path).stat().st_size) == 0:
             raise ImageReadError("empty_file", f"Image file {path} is empty (0 bytes).", "remove or replace the file.")
         with Image.open(io.BytesIO(data) if data is not None else path) as im:
+            check_size(path, *im.size)  # from the header: nothing decoded yet
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode.startswith("I") or im.mode == "F":
@@ -92,6 +112,9 @@ def open_rgb(path: str | Path, data: bytes | None = None):
         raise ImageReadError("missing_file", f"Image file {path} does not exist.", "check the path in your data.") from None
     except UnidentifiedImageError:
         raise _unidentified(path, data) from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError("too_large", f"Image {path} is too large to decode ({e}).",
+                             "downscale it (or raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file).") from None
     except Exception as e:
         kind = "truncated" if isinstance(e, EOFError) or "truncated" in str(e).lower() else "unreadable"
         raise ImageReadError(kind, f"Cannot read image {path} ({type(e).__name__}: {e}).", "remove or replace the file.") from None

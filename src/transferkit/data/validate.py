@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import asdict, dataclass, field, replace
+import copy
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,8 @@ from .images import IMAGE_EXTENSIONS, ImageReadError, open_rgb
 
 SPLITS = ("train", "val", "test")
 # problems of one sample that make it unusable (``Report.bad_indices``, ``screen``)
-SAMPLE_KINDS = ("missing_file", "empty_file", "not_an_image", "not_audio", "truncated", "unreadable", "silent", "too_short",
-                "empty_text")
+SAMPLE_KINDS = ("missing_file", "empty_file", "not_an_image", "not_audio", "truncated", "too_large", "unreadable", "silent",
+                "too_short", "empty_text")
 
 
 @dataclass
@@ -168,7 +169,11 @@ def _screened_marker(data: TaskData) -> Path | None:
         return None
     from .._cache import cache_dir
 
-    return cache_dir("screened") / f"v1-{data.content_digest()[:40]}"
+    try:
+        digest = data.content_digest()
+    except OSError:  # a missing or unreadable file: no marker, screening reports it
+        return None
+    return cache_dir("screened") / f"v1-{digest[:40]}"
 
 
 def _present(data: TaskData, rows: np.ndarray | None = None) -> dict[str, int]:
@@ -257,19 +262,19 @@ def screen(data: TaskData, split: str, on_bad_sample: str = "error", max_bad_fra
         return data
     marker = _screened_marker(data)
     if marker is not None and marker.is_file():
-        return replace(data, skipped=[])  # these very files were all usable before
+        return _screened(data)  # these very files were all usable before
     command = command or validate_command(data.source)
     if on_bad_sample == "error":
         found = find_bad_samples(data, split, first_only=True)
         if found:
             p = found[0]
-            where = "" if data.modality != "text" else f"{data.source or split} example {p.index + 1}: "
+            where = _where(data, split, p.index)
             also = "" if split == "train" else f" (in the {split} data)"
             raise DataError(f"{where}{p.message.rstrip('.')}{also}.",
                             f"run '{command}' to list every problem, then fix or remove the file, "
                             "or pass --on-bad-sample skip to leave unusable samples out.")
         _mark(marker)
-        return replace(data, skipped=[])  # a copy: the caller's TaskData is left as it is
+        return _screened(data)
     found = find_bad_samples(data, split)
     if not found:
         _mark(marker)
@@ -287,13 +292,38 @@ def screen(data: TaskData, split: str, on_bad_sample: str = "error", max_bad_fra
         if lost:
             raise DataError(f"After leaving out {len(bad)} unusable samples, class {lost[0]!r} has no training example left.",
                             f"run '{command}' to list them and fix the data.")
-    clean.skipped = [data.inputs[i] if data.modality != "text" else f"{data.source or split} example {i + 1} (empty text)"
+    clean.skipped = [data.inputs[i] if data.modality != "text" and data.inputs[i] else
+                     f"{_where(data, split, i)[:-2]} ({'empty text' if data.modality == 'text' else 'empty path'})"
                      for i in sorted(bad)]
     return clean
 
 
+def _screened(data: TaskData) -> TaskData:
+    """A shallow copy of ``data`` marked as screened with nothing left out (the caller's TaskData is
+    left as it is; a copy, not ``dataclasses.replace``, so that no field is read: a target set's
+    labels may be hidden)."""
+    out = copy.copy(data)
+    out.skipped = []
+    return out
+
+
+def _where(data: TaskData, split: str, index: int) -> str:
+    """``"data.csv row 7: "`` for a manifest's example, ``"val example 3: "`` for texts from elsewhere,
+    ``""`` for image and audio files of a folder (their path says where they are)."""
+    from .dataset import is_manifest, manifest_row
+
+    if data.source and is_manifest(data.source):
+        return f"{manifest_row(data.source, index)}: "
+    return "" if data.modality in ("image", "audio") else f"{data.source or split} example {index + 1}: "
+
+
 def _mark(marker: Path | None) -> None:
+    """Remember that these files were all usable (an empty file: nothing in it to damage)."""
     if marker is not None:
+        from .._cache import write_failed
         from .._io import atomic_write_bytes
 
-        atomic_write_bytes(marker, b"")
+        try:
+            atomic_write_bytes(marker, b"")
+        except OSError as e:  # disk full: the next run screens again
+            write_failed(marker, e)

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..config import SEED_MAX, check_int
 from ..errors import ConfigError, DataError
+
+MAX_EPISODES = 1_000_000  # each episode's accuracy is kept (8 bytes)
+MAX_WAYS = 100_000
 from .prototypes import METRICS, classify, resolve_backbone
 
 
@@ -102,6 +106,18 @@ def evaluate_episodes(
     return EpisodeResult(n_way, k_shot, n_query, accs)
 
 
+def check_episode_options(ways: int, shots, queries: int, episodes: int, seed: int, max_episodes: int = MAX_EPISODES) -> None:
+    """Episode options in range (``shots``: one number or several)."""
+    check_int(ways, "--ways", 2, MAX_WAYS)
+    for k in (shots if isinstance(shots, (tuple, list)) else [shots]):
+        check_int(k, "--shots", 1, MAX_WAYS)
+    if isinstance(shots, (tuple, list)) and not shots:
+        raise ConfigError("--shots lists no number.", "pass e.g. --shots 1,5.")
+    check_int(queries, "--queries", 1, MAX_WAYS)
+    check_int(episodes, "--episodes", 1, max_episodes)
+    check_int(seed, "--seed", 0, SEED_MAX)
+
+
 def fewshot_eval(
     data,
     *,
@@ -127,6 +143,7 @@ def fewshot_eval(
 
     if metric not in METRICS:
         raise ConfigError(f"Unknown metric {metric!r}.", f"use one of: {', '.join(METRICS)}.")
+    check_episode_options(ways, shots, queries, episodes, seed)  # before any work
     loader = dict(loader or {})
     d = data if isinstance(data, TaskData) else load_data(data, **loader)
     q = None

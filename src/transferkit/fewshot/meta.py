@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import check_float, check_image_size, check_int
 from ..errors import ConfigError
-from .episodes import EpisodeSampler
+from .episodes import EpisodeSampler, check_episode_options
 from .prototypes import METRICS, prototype_model, resolve_backbone
 
 
@@ -73,8 +74,15 @@ def meta_train(
 
     if metric not in METRICS:
         raise ConfigError(f"Unknown metric {metric!r}.", f"use one of: {', '.join(METRICS)}.")
-    if episodes < 1 or lr <= 0:
-        raise ConfigError(f"--episodes {episodes} / --lr {lr} out of range.", "use --episodes >= 1 and --lr > 0.")
+    check_episode_options(ways, shots, queries, episodes, seed, max_episodes=10_000_000)
+    for name, value in (("--lr", lr), ("--weight-decay", weight_decay), ("warmup", warmup)):
+        check_float(value, name)
+    if lr <= 0 or weight_decay < 0 or not 0 <= warmup < 1:
+        raise ConfigError(f"--lr {lr} / --weight-decay {weight_decay} / warmup {warmup} out of range.",
+                          "use --lr > 0, --weight-decay >= 0 and a warmup fraction in [0, 1).")
+    if train_last is not None:
+        check_int(train_last, "--train-last", 1)
+    check_image_size(image_size)
     seed_everything(seed)
     d = data if isinstance(data, TaskData) else load_data(data, **(loader or {}))
     sampler = EpisodeSampler(d.targets, ways, shots, queries, seed)

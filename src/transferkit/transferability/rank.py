@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..backbones import create_backbone
+from ..config import SEED_MAX, check_image_size, check_int
 from ..backbones.layers import OUTPUT, check_points, point_names
 from ..data.dataset import TaskData
 from ..errors import ConfigError, DataError
@@ -217,6 +218,12 @@ def rank(
     """
     from ..api import _as_data
 
+    if max_samples is not None:
+        check_int(max_samples, "--max-samples", 0)
+        max_samples = max_samples or None  # 0: all
+    check_int(batch_size, "--batch-size", 1)
+    check_int(seed, "--seed", 0, SEED_MAX)
+    check_image_size(image_size)
     start = time.perf_counter()
     names = [b.strip() for b in ([backbones] if isinstance(backbones, str) else backbones) if b.strip()]
     if not names:
