@@ -98,7 +98,7 @@ class ClipRecipe(_Model):
 class CrepeRecipe(_Model):
     type: Literal["crepe"]
     name: Name | None = None
-    capacity: Literal["tiny", "small", "medium", "large", "full"]
+    capacity: Literal["tiny", "full"]
     frame_hop: Annotated[Finite, Field(gt=0, le=10)] = 0.1
     preprocess: AudioPre
 

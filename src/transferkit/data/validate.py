@@ -293,7 +293,7 @@ def screen(data: TaskData, split: str, on_bad_sample: str = "error", max_bad_fra
             raise DataError(f"After leaving out {len(bad)} unusable samples, class {lost[0]!r} has no training example left.",
                             f"run '{command}' to list them and fix the data.")
     clean.skipped = [data.inputs[i] if data.modality != "text" and data.inputs[i] else
-                     f"{_where(data, split, i)[:-2]} ({'empty text' if data.modality == 'text' else 'empty path'})"
+                     f"{_where(data, split, i)[:-2]} ({'empty text' if data.modality == 'text' else f'empty {data.modality} path'})"
                      for i in sorted(bad)]
     return clean
 
