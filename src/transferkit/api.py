@@ -59,7 +59,10 @@ def prepare_splits(
     """Load data, apply ``cfg.on_bad_sample`` (before any training work), then split it stratified
     with ``cfg.split_seed`` where val/test sets are not given. Samples left out are listed in the
     sets' ``skipped`` (those of ``data`` in the train set's)."""
+    from .data.formats import dataset_splits
+
     cfg = cfg or FitConfig()
+    data, val_data, test_data = dataset_splits(data, val_data, test_data)  # a DatasetDict: its train/validation/test splits
     full = _as_data(data, loader_kw, keep_bad_samples=True)
     names = full.label_names if full.task != "regression" else None
     val = _as_data(val_data, loader_kw, names, True) if val_data is not None else None
@@ -93,12 +96,14 @@ def fit(
 ) -> FitResult:
     """Train a transferred model.
 
-    ``data``: an image folder, a CSV/TSV/JSONL manifest or a ``TaskData``; split stratified into
-    train/val/test unless ``val_data``/``test_data`` are given. ``overrides`` are ``FitConfig`` fields
-    (``backbone="minilm"``, ``strategy="linear-probe"``, ``epochs=5``...). With ``out``, the run folder
-    gets ``run.json``, ``metrics.jsonl``, ``report.json`` and the model under ``out/model``; it must be
-    new or empty, or hold an earlier run that ``overwrite=True`` replaces (never anything else), and
-    it is locked while the run works in it.
+    ``data``: an image folder, a CSV/TSV/JSONL manifest, a Parquet/Arrow file, a Hugging Face
+    ``datasets`` folder or object, a pandas DataFrame, a list of (input, label) pairs or a
+    ``TaskData``; split stratified into train/val/test unless ``val_data``/``test_data`` are given
+    (or the data is a DatasetDict with validation/test splits). ``overrides`` are ``FitConfig``
+    fields (``backbone="minilm"``, ``strategy="linear-probe"``, ``epochs=5``...). With ``out``, the
+    run folder gets ``run.json``, ``metrics.jsonl``, ``report.json`` and the model under
+    ``out/model``; it must be new or empty, or hold an earlier run that ``overwrite=True`` replaces
+    (never anything else), and it is locked while the run works in it.
 
     ``resume=RUN_DIR`` continues an interrupted run from its newest checkpoint, with the run's own
     options unless ``config``/``overrides`` change them (a different model or task is refused,

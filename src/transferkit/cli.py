@@ -126,7 +126,7 @@ def _metrics_table(title: str, metrics: dict[str, dict[str, Any]]) -> Table:
 @app.command()
 @_config_options
 def fit(
-    data: Path = typer.Argument(..., help="image folder (one subfolder per class) or CSV/TSV/JSONL manifest"),
+    data: Path = typer.Argument(..., help="image folder (one subfolder per class), CSV/TSV/JSONL manifest, Parquet/Arrow file or Hugging Face datasets folder"),
     out_dir: Path = typer.Option(Path("transferkit-run"), "--out", help="run folder; the model is saved in OUT/model"),
     val_data: Optional[Path] = typer.Option(None, help="validation set (default: split from DATA)"),
     test_data: Optional[Path] = typer.Option(None, help="test set (default: split from DATA)"),
@@ -277,9 +277,11 @@ def validate(
     from rich.markup import escape
 
     from .data.dataset import load_data
+    from .data.formats import dataset_splits
     from .data.validate import validate_data
 
     kw = dict(_loader(label_column, text_column, path_column, task), keep_bad_samples=True)
+    data, val_data, test_data = dataset_splits(data, val_data, test_data)
     train = load_data(data, **kw)
     # val/test keep their own label names: classes unknown to train are listed, not raised
     val = load_data(val_data, min_classes=1, **kw) if val_data is not None else None
