@@ -13,9 +13,9 @@ import pytest
 
 import transferkit as tk
 from transferkit.cli import main
-from transferkit.config import FitConfig
+from transferkit.config import AdaptConfig, FitConfig, read_config_file
 from transferkit.data.formats import dataset_splits
-from transferkit.errors import DataError
+from transferkit.errors import ConfigError, DataError
 
 from conftest import draw_tiny_image
 
@@ -277,3 +277,101 @@ def _dd_folder(proj, rows, tmp_path):
     ds = _hf_dataset(proj, rows[:6])
     datasets.DatasetDict(train=ds, test=ds).save_to_disk(str(tmp_path / "dd2"))
     return tmp_path / "dd2"
+
+
+# ---------------------------------------------------------------- --config FILE
+
+
+def test_config_file_equals_flags_and_flags_override(tiny, tmp_path, capsys, tiny_timm_weights):
+    proj, _ = tiny
+    data = str(proj / "data.csv")
+    flags = ["--backbone", "timm/test_efficientnet", "--backbone-weights", str(tiny_timm_weights), "--image-size", "32",
+             "--strategy", "linear-probe", "--batch-size", "8", "--split-seed", "3"]
+    (tmp_path / "run.yaml").write_text(f"backbone: timm/test_efficientnet\nbackbone-weights: {tiny_timm_weights}\nimage_size: 32\n"
+                                       "strategy: linear-probe\nbatch_size: 8\nsplit_seed: 3\nlr: 1e-3\n")
+    assert main(["fit", data, *flags, "--lr", "1e-3", "--out", str(tmp_path / "flags"), "--no-progress"]) == 0
+    assert main(["fit", data, "--config", str(tmp_path / "run.yaml"), "--out", str(tmp_path / "file"), "--no-progress"]) == 0
+    # the saved run as the config: the same run again; an option on the command line wins over the file
+    assert main(["fit", data, "--config", str(tmp_path / "file" / "report.json"), "--out", str(tmp_path / "again"),
+                 "--split-seed", "4", "--no-progress"]) == 0
+    capsys.readouterr()
+    rep = {n: json.loads((tmp_path / n / "report.json").read_text()) for n in ("flags", "file", "again")}
+    assert rep["file"]["fit_config"] == rep["flags"]["fit_config"]
+    assert rep["file"]["fit_config"]["lr"] == 1e-3 and rep["file"]["fit_config"]["split_seed"] == 3
+    assert rep["file"]["metrics"] == rep["flags"]["metrics"]
+    assert rep["again"]["fit_config"] == {**rep["file"]["fit_config"], "split_seed": 4}
+
+    # Python: a file as config, and FitConfig.from_file on a run folder
+    assert FitConfig.from_file(tmp_path / "file") == FitConfig.from_dict(rep["file"]["fit_config"])
+    res = tk.fit(data, config=str(tmp_path / "run.yaml"), progress=False)
+    assert res.model.info["fit_config"] == rep["file"]["fit_config"]
+
+
+def test_config_file_errors_one_line(tmp_path, capsys):
+    data = tmp_path / "d.csv"
+    data.write_text("text,label\na,x\nb,y\n")
+    cases = {
+        "bad_key.yaml": ("epochs: 2\nepoch: 3\n", "bad_key.yaml: unknown key 'epoch'"),
+        "bad_type.json": ('{"epochs": "many"}', "bad_type.json: epochs must be a whole number (got 'many')"),
+        "bad_bool.yaml": ("augment: maybe\n", "bad_bool.yaml: augment must be true or false"),
+        "broken.json": ('{"epochs": 2', "broken.json is not valid JSON"),
+        "list.yaml": ("- 1\n- 2\n", "holds a list, not a mapping"),
+        "adapt_only.yaml": ("method: dann\n", "unknown key 'method' (not a FitConfig field)"),
+    }
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert main(["fit", str(data), "--config", str(tmp_path / name), "--no-progress"]) == 2, name
+        assert expected in one_line(capsys), name
+    assert main(["fit", str(data), "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "Config file" in one_line(capsys) and not (tmp_path / "transferkit-run").exists()
+    with pytest.raises(ConfigError, match="must be a number"):
+        FitConfig.from_file(_write(tmp_path / "x.yaml", "lr: fast\n"))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def test_adapt_config_file_fills_both_configs(tmp_path, monkeypatch, capsys):
+    f = _write(tmp_path / "a.yaml", "method: dann\nthreshold: 0.8\nepochs: 3\nlr: 3e-4\n")
+    parts = read_config_file(f, (FitConfig, AdaptConfig))
+    assert parts[FitConfig] == {"epochs": 3, "lr": 3e-4} and parts[AdaptConfig] == {"method": "dann", "threshold": 0.8}
+    assert AdaptConfig.from_file(f) == AdaptConfig(method="dann", threshold=0.8)
+    # a saved adapt report holds both
+    report = _write(tmp_path / "report.json", json.dumps({"fit_config": FitConfig(epochs=4).to_dict(),
+                                                          "adapt_config": AdaptConfig(select="snd").to_dict(), "rows": []}))
+    assert AdaptConfig.from_file(report).select == "snd" and FitConfig.from_file(report).epochs == 4
+
+    seen = {}
+
+    class Stop(tk.TransferkitError):
+        pass
+
+    def fake_adapt(source, target, *, config, adapt_config, **kw):
+        seen.update(cfg=config, acfg=adapt_config)
+        raise Stop("stopped")
+
+    monkeypatch.setattr("transferkit.adapt.adapt", fake_adapt)
+    assert main(["adapt", "--source", "s", "--target", "t", "--config", str(f), "--threshold", "0.7"]) == 2
+    capsys.readouterr()
+    assert seen["acfg"] == AdaptConfig(method="dann", threshold=0.7)  # the command line wins
+    assert seen["cfg"].epochs == 3 and seen["cfg"].lr == 3e-4
+
+
+def test_adapt_api_reads_both_configs_from_one_file(tmp_path, monkeypatch):
+    import transferkit.adapt.run as run
+
+    f = _write(tmp_path / "a.yaml", "method: coral\nepochs: 2\n")
+    seen = {}
+
+    def stop(source, val, test, cfg, **kw):  # the split is the first work after the configs are built
+        seen["cfg"] = cfg
+        raise DataError("stop")
+
+    monkeypatch.setattr("transferkit.api.prepare_splits", stop)
+    with pytest.raises(DataError, match="stop"):
+        run.adapt("s", "t", config=str(f))
+    assert seen["cfg"].epochs == 2
+    with pytest.raises(tk.TransferkitError, match="no-such-method"):  # the adaptation fields are read from the same file
+        run.adapt("s", "t", config=str(_write(tmp_path / "b.yaml", "method: no-such-method\n")))

@@ -62,9 +62,10 @@ _HELP = {
 
 def _config_options(func=None, *, extra: type | None = None, extra_arg: str = "acfg"):
     """Add every ``FitConfig`` field as a ``--option`` and pass a validated ``cfg`` to ``func``, and
-    ``explicit``: the config options given on the command line (a resumed run keeps the others).
-    With ``extra`` (another config dataclass), its fields become options too and it is passed as
-    ``extra_arg``."""
+    ``explicit``: the config options given on the command line or in ``--config FILE`` (a resumed
+    run keeps the others). With ``extra`` (another config dataclass), its fields become options too
+    and it is passed as ``extra_arg``. ``--config`` (JSON/YAML, or a saved run's report.json) fills
+    in the options not given on the command line."""
     if func is None:
         return lambda f: _config_options(f, extra=extra, extra_arg=extra_arg)
     sig = inspect.signature(func)
@@ -83,13 +84,22 @@ def _config_options(func=None, *, extra: type | None = None, extra_arg: str = "a
             params.append(inspect.Parameter(
                 f.name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, help=_HELP.get(f.name, "")), annotation=ann))
             owners[f.name] = cls
+    params.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=typer.Option(
+        None, "--config", help="JSON/YAML file of these options (or a run's report.json); options given here override it")))
 
     @functools.wraps(func)
-    def wrapper(ctx: typer.Context, *args, **kwargs):
+    def wrapper(ctx: typer.Context, *args, config_file: Optional[Path] = None, **kwargs):
+        from .config import read_config_file
+
+        source = ctx.get_parameter_source
+        given = {k for k in owners if source(k) is not None and source(k).name == "COMMANDLINE"}
+        from_file = read_config_file(config_file, tuple(dict.fromkeys(owners.values()))) if config_file is not None else {}
+        for values in from_file.values():
+            kwargs.update({k: v for k, v in values.items() if k not in given})
+            given |= set(values)
         cfg_kw = {k: kwargs.pop(k) for k in list(kwargs) if owners.get(k) is FitConfig}
         extra_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in owners}
-        source = ctx.get_parameter_source
-        explicit = {k: v for k, v in cfg_kw.items() if source(k) is not None and source(k).name == "COMMANDLINE"}
+        explicit = {k: v for k, v in cfg_kw.items() if k in given}
         more = {"explicit": explicit} if "explicit" in sig.parameters else {}
         if extra is not None:
             more[extra_arg] = extra(**extra_kw)
