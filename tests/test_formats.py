@@ -121,6 +121,12 @@ def test_hf_save_to_disk_and_parquet_with_image_feature_and_classlabel(tiny, tmp
     ds.to_parquet(str(tmp_path / "hf.parquet"))  # the features travel in the schema metadata
     for src in (tmp_path / "saved", tmp_path / "hf.parquet", ds):
         _same_data(tk.load_data(src), ref)
+    # pyarrow alone reads what datasets.load_from_disk reads, also after shuffle/select
+    datasets = pytest.importorskip("datasets")
+    ds.shuffle(seed=1).select(range(20)).save_to_disk(str(tmp_path / "shuffled"))
+    mine, theirs = tk.load_data(tmp_path / "shuffled"), datasets.load_from_disk(str(tmp_path / "shuffled"))
+    assert mine.targets.tolist() == theirs["label"]
+    assert [Path(x).read_bytes() for x in mine.inputs] == [im["bytes"] for im in theirs.cast_column("image", datasets.Image(decode=False))["image"]]
 
     # a ClassLabel keeps its own order (not sorted), restricted to the classes with examples
     names = ("triangle", "unused", "circle", "square")
