@@ -60,7 +60,10 @@ def prepare_splits(
     """Load data, apply ``cfg.on_bad_sample`` (before any training work), then split it stratified
     with ``cfg.split_seed`` where val/test sets are not given. Samples left out are listed in the
     sets' ``skipped`` (those of ``data`` in the train set's)."""
+    from .data.formats import dataset_splits
+
     cfg = cfg or FitConfig()
+    data, val_data, test_data = dataset_splits(data, val_data, test_data)  # a DatasetDict: its train/validation/test splits
     full = _as_data(data, loader_kw, keep_bad_samples=True)
     warn_empty_class_folders(full)
     names = full.label_names if full.task != "regression" else None
@@ -86,7 +89,7 @@ def fit(
     test_data=None,
     out: str | Path | None = None,
     overwrite: bool = False,
-    config: FitConfig | None = None,
+    config: FitConfig | str | Path | None = None,
     progress: bool = True,
     loader: dict[str, Any] | None = None,
     splits: tuple[TaskData, TaskData | None, TaskData | None] | None = None,
@@ -96,12 +99,15 @@ def fit(
 ) -> FitResult:
     """Train a transferred model.
 
-    ``data``: an image folder, a CSV/TSV/JSONL manifest or a ``TaskData``; split stratified into
-    train/val/test unless ``val_data``/``test_data`` are given. ``overrides`` are ``FitConfig`` fields
-    (``backbone="minilm"``, ``strategy="linear-probe"``, ``epochs=5``...). With ``out``, the run folder
-    gets ``run.json``, ``metrics.jsonl``, ``report.json`` and the model under ``out/model``; it must be
-    new or empty, or hold an earlier run that ``overwrite=True`` replaces (never anything else), and
-    it is locked while the run works in it.
+    ``data``: an image folder, a CSV/TSV/JSONL manifest, a Parquet/Arrow file, a Hugging Face
+    ``datasets`` folder or object, a pandas DataFrame, a list of (input, label) pairs or a
+    ``TaskData``; split stratified into train/val/test unless ``val_data``/``test_data`` are given
+    (or the data is a DatasetDict with validation/test splits). ``config``: a ``FitConfig`` or a
+    JSON/YAML file of its fields (``FitConfig.from_file``: also a run's report.json). ``overrides``
+    are ``FitConfig`` fields (``backbone="minilm"``, ``strategy="linear-probe"``, ``epochs=5``...).
+    With ``out``, the run folder gets ``run.json``, ``metrics.jsonl``, ``report.json`` and the model
+    under ``out/model``; it must be new or empty, or hold an earlier run that ``overwrite=True``
+    replaces (never anything else), and it is locked while the run works in it.
 
     ``resume=RUN_DIR`` continues an interrupted run from its newest checkpoint, with the run's own
     options unless ``config``/``overrides`` change them (a different model or task is refused,
@@ -119,6 +125,7 @@ def fit(
     from .training.rundir import RunFolder, check_run_target
     from .training.runtime import main_process
 
+    config = FitConfig.from_file(config) if isinstance(config, (str, Path)) else config
     if resume is not None:
         from .training import checkpoint
 
@@ -270,7 +277,7 @@ def compare(
     seeds: int = 1,
     val_data=None,
     test_data=None,
-    config: FitConfig | None = None,
+    config: FitConfig | str | Path | None = None,
     strategy_overrides: dict[str, dict[str, Any]] | None = None,
     progress: bool = True,
     loader: dict[str, Any] | None = None,
@@ -280,6 +287,7 @@ def compare(
 ) -> Comparison:
     """Train each strategy and the scratch baseline on the same split, over ``seeds`` seeds, and
     report the transfer gain on the test set (flagging negative transfer)."""
+    config = FitConfig.from_file(config) if isinstance(config, (str, Path)) else config
     cfg = (config or FitConfig()).replace(**overrides) if overrides else (config or FitConfig())
     check_int(seeds, "--seeds", 1, 1000)
     names = list(dict.fromkeys([*strategies, baseline]))

@@ -65,9 +65,10 @@ _HELP = {
 
 def _config_options(func=None, *, extra: type | None = None, extra_arg: str = "acfg"):
     """Add every ``FitConfig`` field as a ``--option`` and pass a validated ``cfg`` to ``func``, and
-    ``explicit``: the config options given on the command line (a resumed run keeps the others).
-    With ``extra`` (another config dataclass), its fields become options too and it is passed as
-    ``extra_arg``."""
+    ``explicit``: the config options given on the command line or in ``--config FILE`` (a resumed
+    run keeps the others). With ``extra`` (another config dataclass), its fields become options too
+    and it is passed as ``extra_arg``. ``--config`` (JSON/YAML, or a saved run's report.json) fills
+    in the options not given on the command line."""
     if func is None:
         return lambda f: _config_options(f, extra=extra, extra_arg=extra_arg)
     sig = inspect.signature(func)
@@ -86,13 +87,22 @@ def _config_options(func=None, *, extra: type | None = None, extra_arg: str = "a
             params.append(inspect.Parameter(
                 f.name, inspect.Parameter.KEYWORD_ONLY, default=typer.Option(default, help=_HELP.get(f.name, "")), annotation=ann))
             owners[f.name] = cls
+    params.append(inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Optional[Path], default=typer.Option(
+        None, "--config", help="JSON/YAML file of these options (or a run's report.json); options given here override it")))
 
     @functools.wraps(func)
-    def wrapper(ctx: typer.Context, *args, **kwargs):
+    def wrapper(ctx: typer.Context, *args, config_file: Optional[Path] = None, **kwargs):
+        from .config import read_config_file
+
+        source = ctx.get_parameter_source
+        given = {k for k in owners if source(k) is not None and source(k).name == "COMMANDLINE"}
+        from_file = read_config_file(config_file, tuple(dict.fromkeys(owners.values()))) if config_file is not None else {}
+        for values in from_file.values():
+            kwargs.update({k: v for k, v in values.items() if k not in given})
+            given |= set(values)
         cfg_kw = {k: kwargs.pop(k) for k in list(kwargs) if owners.get(k) is FitConfig}
         extra_kw = {k: kwargs.pop(k) for k in list(kwargs) if k in owners}
-        source = ctx.get_parameter_source
-        explicit = {k: v for k, v in cfg_kw.items() if source(k) is not None and source(k).name == "COMMANDLINE"}
+        explicit = {k: v for k, v in cfg_kw.items() if k in given}
         more = {"explicit": explicit} if "explicit" in sig.parameters else {}
         if extra is not None:
             more[extra_arg] = extra(**extra_kw)
@@ -129,7 +139,7 @@ def _metrics_table(title: str, metrics: dict[str, dict[str, Any]]) -> Table:
 @app.command()
 @_config_options
 def fit(
-    data: Path = typer.Argument(..., help="image folder (one subfolder per class) or CSV/TSV/JSONL manifest"),
+    data: Path = typer.Argument(..., help="image folder (one subfolder per class), CSV/TSV/JSONL manifest, Parquet/Arrow file or Hugging Face datasets folder"),
     out_dir: Path = typer.Option(Path("transferkit-run"), "--out", help="run folder; the model is saved in OUT/model"),
     val_data: Optional[Path] = typer.Option(None, help="validation set (default: split from DATA)"),
     test_data: Optional[Path] = typer.Option(None, help="test set (default: split from DATA)"),
@@ -285,9 +295,11 @@ def validate(
     from rich.markup import escape
 
     from .data.dataset import load_data
+    from .data.formats import dataset_splits
     from .data.validate import validate_data
 
     kw = dict(_loader(label_column, text_column, path_column, task), keep_bad_samples=True)
+    data, val_data, test_data = dataset_splits(data, val_data, test_data)
     train = load_data(data, **kw)
     # val/test keep their own label names: classes unknown to train are listed, not raised
     val = load_data(val_data, min_classes=1, **kw) if val_data is not None else None

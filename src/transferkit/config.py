@@ -9,6 +9,7 @@ import os
 import typing
 import warnings
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
@@ -235,6 +236,12 @@ class FitConfig:
     def replace(self, **changes: Any) -> "FitConfig":
         return FitConfig.from_dict({**self.to_dict(), **changes})
 
+    @classmethod
+    def from_file(cls, path: str | Path) -> "FitConfig":
+        """From a JSON/YAML file of fields, or a saved run (``report.json``, a model's ``config.json``,
+        or their folder); see ``read_config_file``."""
+        return cls(**read_config_file(path, (cls,))[cls])
+
 
 SELECTIONS = ("snd", "source-val", "last")
 
@@ -279,3 +286,103 @@ class AdaptConfig:
 
     def replace(self, **changes: Any) -> "AdaptConfig":
         return AdaptConfig.from_dict({**self.to_dict(), **changes})
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "AdaptConfig":
+        """The adaptation fields of a JSON/YAML file that holds both kinds (``adapt --config``), or of a saved adapt run."""
+        return cls(**read_config_file(path, (FitConfig, cls))[cls])
+
+
+def read_config_file(path: str | Path, classes: tuple[type, ...] = (FitConfig,)) -> dict[type, dict[str, Any]]:
+    """The fields of each config class in ``classes`` from a file, checked: ``{cls: {field: value}}``.
+
+    - A JSON or YAML mapping of field names (``-`` or ``_``): every key must be a field of one of
+      ``classes``, and every value of the field's type, else ``ConfigError`` naming the key and file.
+    - A saved run: a ``report.json`` (``fit_config``, for adapt also ``adapt_config``), a model's
+      ``config.json`` (``info.fit_config``), or the run/model folder itself. Keys this version does
+      not know are dropped with a warning (an older run), as in ``from_dict``.
+
+    Floats written like ``3e-3`` (a string to YAML 1.1) are read as numbers, and a whole number
+    where a string is expected as its digits (``checkpoint_every: 1``)."""
+    import json
+    import typing
+
+    path = Path(path)
+    if path.is_dir():  # a run folder or a model folder
+        path = next((f for f in (path / "report.json", path / "config.json", path / "model" / "config.json") if f.is_file()), path / "report.json")
+    if not path.is_file():
+        raise ConfigError(f"Config file {path} does not exist.", "pass a JSON or YAML file of options, or a run's report.json.")
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        if path.suffix.lower() == ".json":
+            doc = json.loads(text)
+        else:
+            import yaml
+
+            doc = yaml.safe_load(text)  # JSON is YAML too
+    except Exception as e:  # json.JSONDecodeError, yaml.YAMLError
+        msg = " ".join(str(e).split())
+        raise ConfigError(f"Config file {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({msg}).",
+                          "fix the syntax.") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"Config file {path} holds a {type(doc).__name__}, not a mapping of option names to values.",
+                          "write one 'name: value' per line (YAML) or a JSON object.")
+    saved = doc.get("info") if isinstance(doc.get("info"), dict) and "fit_config" in doc["info"] else doc
+    sections: dict[type, dict[str, Any]]
+    if isinstance(saved.get("fit_config"), dict):  # a saved run
+        adapt = saved.get("adapt_config") or (saved.get("adaptation_report") or {}).get("adapt_config") or {}
+        sections = {FitConfig: saved["fit_config"], AdaptConfig: adapt}
+        sections = {cls: sections.get(cls, {}) for cls in classes}
+        for cls, values in sections.items():
+            known = {f.name for f in fields(cls)}
+            unknown = sorted(set(values) - known)
+            if unknown:
+                warnings.warn(f"{path}: ignoring unknown config keys: {', '.join(unknown)}", stacklevel=2)
+            sections[cls] = {k: v for k, v in values.items() if k in known}
+    else:
+        sections = {cls: {} for cls in classes}
+        owner = {f.name: cls for cls in reversed(classes) for f in fields(cls)}
+        for key, value in doc.items():
+            name = str(key).replace("-", "_")
+            if name not in owner:
+                what = " or ".join(c.__name__ for c in classes)
+                raise ConfigError(f"Config file {path}: unknown key {key!r} (not a {what} field).",
+                                  "remove it or fix its spelling (the keys are the command's option names, see --help).")
+            sections[owner[name]][name] = value
+    for cls, values in sections.items():
+        hints = typing.get_type_hints(cls)
+        for key in list(values):
+            values[key] = _typed(hints[key], values[key], key, path)
+    return sections
+
+
+def _typed(ann: Any, value: Any, key: str, path: Path) -> Any:
+    """``value`` checked against the field's annotation (``int``, ``float``, ``bool``, ``str``, or one of them ``| None``)."""
+    import typing
+
+    args = typing.get_args(ann)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), ann) if args else ann
+    ok, out = False, value
+    if value is None:
+        ok = optional
+    elif base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is float:
+        if isinstance(value, str):
+            try:
+                out, ok = float(value), True
+            except ValueError:
+                ok = False
+        else:
+            ok, out = isinstance(value, (int, float)) and not isinstance(value, bool), float(value) if isinstance(value, (int, float)) else value
+    elif base is str:
+        ok = isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+        out = str(value) if ok else value
+    if not ok:
+        want = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(base, str(base))
+        raise ConfigError(f"Config file {path}: {key} must be {want}{' or null' if optional else ''} (got {value!r}).",
+                          "fix the value in the file.")
+    return out

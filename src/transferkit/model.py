@@ -79,7 +79,8 @@ class TransferModel(nn.Module):
 
     def predict(self, inputs: Sequence[str] | str, batch_size: int = 64, top_k: int | None = None, device: str = "auto",
                 support=None) -> list[dict[str, Any]]:
-        """Predict raw inputs (image or audio paths, or texts). Each result has ``label`` and ``probabilities``
+        """Predict raw inputs (image or audio paths, or texts; or a table of them: a manifest, Parquet/Arrow
+        file, Hugging Face datasets folder, DataFrame; or images as bytes/PIL). Each result has ``label`` and ``probabilities``
         (classification), ``labels`` (multilabel) or ``value`` (regression).
 
         ``support`` (labelled data: class folders, a manifest or ``TaskData``): classify into the
@@ -91,7 +92,12 @@ class TransferModel(nn.Module):
             from .fewshot import prototype_model
 
             return prototype_model(support, backbone=self.backbone, device=device).predict(inputs, batch_size, top_k, device)
-        if isinstance(inputs, (str, Path)):
+        from .data.formats import as_inputs
+
+        table = as_inputs(inputs)  # a table of inputs (its label column unread), a DataFrame, bytes or PIL images
+        if table is not None:
+            inputs = table
+        elif isinstance(inputs, (str, Path)):
             inputs = [str(inputs)]
         inputs = [str(x) for x in inputs]
         if self.modality != "text":
@@ -126,9 +132,12 @@ class TransferModel(nn.Module):
         return results
 
     def evaluate(self, data, batch_size: int = 64, device: str = "auto") -> dict[str, Any]:
-        """Metrics on labelled ``TaskData``."""
+        """Metrics on labelled data: a ``TaskData`` or anything ``load_data`` reads (labels mapped by name)."""
+        from .data.dataset import TaskData, load_data
         from .metrics import task_metrics
 
+        if not isinstance(data, TaskData):
+            data = load_data(data, task=self.task, label_names=self.label_names if self.task != "regression" else None)
         out = self.predict_outputs(data.inputs, batch_size=batch_size, device=device)
         return task_metrics(self.task, data.targets, out, self.label_names, self.head_spec.get("tasks"))
 

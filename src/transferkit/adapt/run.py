@@ -99,7 +99,7 @@ def adapt(
     target,
     *,
     target_test=None,
-    config: FitConfig | None = None,
+    config: FitConfig | str | Path | None = None,
     adapt_config: AdaptConfig | None = None,
     seeds: int = 1,
     baseline: bool = True,
@@ -117,6 +117,7 @@ def adapt(
     ``target``: inputs only (a folder, a manifest with or without labels, or a ``TaskData`` whose
     targets are never read). ``target_test``: labelled target data, used only for the final report.
     ``overrides``: ``AdaptConfig`` fields (``method=``, ``select=``...) and ``FitConfig`` fields.
+    ``config`` may be a JSON/YAML file of both kinds of fields (or a saved run's report.json).
     ``target_labels_for_report``: labels of ``target`` in its order, to report the accuracy of the
     pseudo-labels (read after training only).
 
@@ -137,6 +138,11 @@ def _adapt(source, target, *, target_test, config, adapt_config, seeds, baseline
            target_labels_for_report, **overrides: Any) -> AdaptResult:
     from ..api import prepare_splits
 
+    if isinstance(config, (str, Path)):  # one JSON/YAML file (or saved run) for both configs
+        from ..config import read_config_file
+
+        parts = read_config_file(config, (FitConfig, AdaptConfig))
+        config, adapt_config = FitConfig(**parts[FitConfig]), adapt_config or AdaptConfig(**parts[AdaptConfig])
     a_keys = set(AdaptConfig.__dataclass_fields__)
     acfg = (adapt_config or AdaptConfig()).replace(**{k: v for k, v in overrides.items() if k in a_keys})
     fit_over = {k: v for k, v in overrides.items() if k not in a_keys}

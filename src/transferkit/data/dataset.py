@@ -21,7 +21,8 @@ from .audio import AUDIO_EXTENSIONS
 from .images import IMAGE_EXTENSIONS
 
 TASKS = ("classification", "multilabel", "regression")
-_PATH_COLUMNS = ("image", "audio", "path", "file", "filepath", "filename")
+_PATH_COLUMNS = ("image", "audio", "path", "file", "filepath", "filename", "file_name")  # file_name: HF imagefolder metadata
+_LABEL_COLUMNS = ("label", "labels", "category", "target", "class")
 FILE_EXTENSIONS = IMAGE_EXTENSIONS | AUDIO_EXTENSIONS
 
 
@@ -207,13 +208,17 @@ def load_data(
         return load_multitask(path, tasks, text_column=text_column, path_column=path_column)
     if task not in TASKS:
         raise ConfigError(f"Unknown task {task!r}.", f"use --task one of {', '.join(TASKS)}.")
-    path = Path(path)
-    if not path.exists():
+    from .formats import is_table_source, load_table
+
+    if is_table_source(path):  # Parquet/Arrow, Hugging Face datasets folders, DataFrames, (input, label) pairs
+        data = load_table(path, label_column, text_column, path_column, task, label_sep, label_names, keep_bad_samples)
+        path = data.source
+    elif not Path(path).exists():
         raise DataError(f"Data path {path} does not exist.", "pass an image folder or a CSV/TSV/JSONL file.")
-    if path.is_dir():
-        data = _load_folder(path, label_names, keep_bad_samples)
+    elif Path(path).is_dir():
+        data = _load_folder(Path(path), label_names, keep_bad_samples)
     else:
-        data = _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names, keep_bad_samples)
+        data = _load_manifest(Path(path), label_column, text_column, path_column, task, label_sep, label_names, keep_bad_samples)
     if len(data) == 0:
         raise DataError(f"No examples found in {path}.", "add data, one subfolder of images per class or one row per example.")
     if data.task != "regression" and label_names is None:
@@ -264,10 +269,12 @@ def warn_empty_class_folders(data: TaskData) -> None:
         warnings.warn(f"class folder {empty[0]}{more} is empty and is left out; add images to it or remove it.", stacklevel=3)
 
 
-def _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names, keep_bad=False, unlabelled=False) -> TaskData:
-    if path.suffix.lower() not in (".csv", ".tsv", ".tab", ".jsonl"):
+def _load_manifest(path, label_column, text_column, path_column, task, label_sep, label_names, keep_bad=False, unlabelled=False,
+                   rows: list[dict] | None = None, first_row: int | None = None) -> TaskData:
+    """``rows``: already read (``formats.load_table``: tables, numbered from ``first_row``)."""
+    if rows is None and path.suffix.lower() not in (".csv", ".tsv", ".tab", ".jsonl"):
         raise DataError(f"{path} is neither a folder nor a .csv/.tsv/.jsonl manifest.", "pass an image folder or a manifest file.")
-    rows = _read_rows(path)
+    rows = _read_rows(path) if rows is None else rows
     if not rows:
         raise DataError(f"Manifest {path} has no rows.", "add one row per example.")
     columns = list(rows[0].keys())
@@ -279,7 +286,7 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
             return given
         return next((c for c in defaults if c in columns), None)
 
-    label_col = pick(label_column, ("label", "labels", "category", "target", "class"), "--label-column")
+    label_col = pick(label_column, _LABEL_COLUMNS, "--label-column")
     if label_col is None and not unlabelled:
         raise DataError(f"{path} has no label column (columns: {', '.join(columns)}).", "pass --label-column NAME.")
     pcol = pick(path_column, _PATH_COLUMNS, "--path-column") if text_column is None else None
@@ -287,7 +294,7 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
     if pcol is None and tcol is None:
         raise DataError(f"{path} has no image-path or text column (columns: {', '.join(columns)}).", "pass --path-column or --text-column.")
     inputs, labels = [], []
-    for i, row in enumerate(rows, 2 if path.suffix.lower() != ".jsonl" else 1):
+    for i, row in enumerate(rows, first_row if first_row is not None else 2 if path.suffix.lower() != ".jsonl" else 1):
         label = row.get(label_col) if not unlabelled else "?"
         if task == "multilabel" and label is not None and not str(label).strip():
             label = ""  # a multilabel row may carry none of the labels
@@ -321,13 +328,17 @@ def _load_manifest(path, label_column, text_column, path_column, task, label_sep
 def load_unlabelled(path: str | Path, *, text_column: str | None = None, path_column: str | None = None, label_column: str | None = None,
                     keep_bad_samples: bool = False) -> TaskData:
     """Inputs without labels (e.g. a target domain): a folder of images or audio files (class
-    subfolders or not), a manifest with or without a label column, or a .txt file of texts. Targets
-    are all -1; a label column or class subfolders only give ``label_names`` (to check the label
-    set), never targets. ``keep_bad_samples``: keep a manifest's missing paths and empty texts, for screening."""
-    path = Path(path)
-    if not path.exists():
+    subfolders or not), a manifest or table with or without a label column, or a .txt file of texts.
+    Targets are all -1; a label column or class subfolders only give ``label_names`` (to check the
+    label set), never targets. ``keep_bad_samples``: keep a manifest's missing paths and empty texts, for screening."""
+    from .formats import is_table_source, load_table
+
+    if is_table_source(path):  # tables and Hugging Face datasets folders (see formats.py)
+        data = load_table(path, label_column, text_column, path_column, "classification", "|", None, keep_bad_samples, unlabelled=True)
+        path = data.source
+    elif not Path(path).exists():
         raise DataError(f"Data path {path} does not exist.", "pass an image folder, a CSV/TSV/JSONL manifest or a .txt file.")
-    if path.is_dir():
+    elif (path := Path(path)).is_dir():
         classes = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
         inputs, kind = load_inputs([str(path)])
         data = TaskData(inputs, np.full(len(inputs), -1, dtype=np.int64), classes, kind, source=str(path))
@@ -351,13 +362,21 @@ def _path_kind(item: str) -> str:
 
 
 def load_inputs(items: Sequence[str]) -> tuple[list[str], str]:
-    """Expand CLI inputs for prediction: image or audio files, folders of them, a .txt file of lines, or raw texts."""
+    """Expand CLI inputs for prediction: image or audio files, folders of them, a .txt file of lines, raw texts,
+    or the inputs of a table (a CSV/TSV/JSONL manifest, Parquet/Arrow, a Hugging Face datasets folder;
+    a label column, if any, is not read)."""
+    from .formats import is_table_source
+
     out: list[str] = []
     kinds = set()
     for item in items:
         p = Path(item)
         kind = _path_kind(item)
-        if kind == "dir":
+        if is_table_source(item) or (kind == "file" and p.suffix.lower() in (".csv", ".tsv", ".tab", ".jsonl")):
+            table = load_unlabelled(item)
+            out += table.inputs
+            kinds.add(table.modality)
+        elif kind == "dir":
             files = sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in FILE_EXTENSIONS)
             if not files:
                 raise DataError(f"Folder {p} contains no images or audio files.", "pass image or audio files, or a folder of them.")
